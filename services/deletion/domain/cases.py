@@ -1,0 +1,141 @@
+"""Deletion cases opened automatically from their causes, with regime deadlines. Pure."""
+
+from __future__ import annotations
+
+import calendar
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+from uuid import UUID, uuid5
+
+from contracts.events import (
+    CaseKind,
+    CaseState,
+    CaseStatusChanged,
+    ConsentEvent,
+    ConsentState,
+    ModelFlag,
+    Severity,
+)
+from contracts.jurisdictions import EU_EEA
+
+__all__ = [
+    "CASE_NAMESPACE",
+    "Case",
+    "Regime",
+    "add_calendar_months",
+    "case_for_erasure",
+    "case_for_flag",
+    "deadline",
+]
+
+CASE_NAMESPACE = UUID("5e8b1d3a-7c24-4f9e-b0a6-3d1c8e2f9b47")
+SYSTEM_ACTOR = "consenttrace:auto"
+
+
+class Regime(StrEnum):
+    GDPR = "gdpr"
+    CCPA = "ccpa"
+    CUSTOM = "custom"
+
+
+def add_calendar_months(moment: datetime, months: int) -> datetime:
+    """Same day ``months`` later, clamped to the month's last day (31 Jan + 1 → 28/29 Feb)."""
+    month_index = moment.month - 1 + months
+    year, month = moment.year + month_index // 12, month_index % 12 + 1
+    day = min(moment.day, calendar.monthrange(year, month)[1])
+    return moment.replace(year=year, month=month, day=day)
+
+
+def deadline(regime: Regime, received_at: datetime) -> datetime:
+    """GDPR Art. 12(3): one calendar month; CCPA §1798.130: 45 calendar days; custom: 30 days."""
+    if regime is Regime.GDPR:
+        return add_calendar_months(received_at, 1)
+    if regime is Regime.CCPA:
+        return received_at + timedelta(days=45)
+    return received_at + timedelta(days=30)
+
+
+def regime_for(jurisdiction: str) -> Regime:
+    country = jurisdiction.split("-", 1)[0]
+    if country in EU_EEA or country in {"GB", "CH"}:
+        return Regime.GDPR
+    if jurisdiction == "US-CA":
+        return Regime.CCPA
+    return Regime.CUSTOM
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    case_id: UUID
+    kind: CaseKind
+    cause_key: str
+    legal_basis: str
+    regime: Regime
+    requester: str
+    received_at: datetime
+    deadline: datetime
+    scope: dict[str, Any] = field(default_factory=dict)
+    state: CaseState = CaseState.RECEIVED
+
+    def opened(self) -> CaseStatusChanged:
+        return CaseStatusChanged(
+            case_id=self.case_id,
+            kind=self.kind,
+            state=self.state,
+            previous_state=None,
+            actor=self.requester,
+            reason=f"opened automatically: {self.cause_key}",
+            deadline=self.deadline,
+            changed_at=self.received_at,
+        )
+
+
+def _case_id(cause_key: str) -> UUID:
+    return uuid5(CASE_NAMESPACE, cause_key)
+
+
+def case_for_flag(flag: ModelFlag) -> Case | None:
+    """A model that must be destroyed or retrained opens one model-destruction case per model."""
+    if flag.severity not in (Severity.DESTROY_REQUIRED, Severity.RETRAIN_REQUIRED):
+        return None
+    cause = f"model:{flag.model.key}"
+    return Case(
+        case_id=_case_id(cause),
+        kind=CaseKind.MODEL_DESTRUCTION,
+        cause_key=cause,
+        legal_basis="internal policy",
+        regime=Regime.CUSTOM,
+        requester=SYSTEM_ACTOR,
+        received_at=flag.flagged_at,
+        deadline=deadline(Regime.CUSTOM, flag.flagged_at),
+        scope={
+            "model": flag.model.model_dump(mode="json"),
+            "severity": flag.severity.value,
+            "flag_ids": [str(flag.flag_id)],
+            "finding_ids": [str(flag.finding_id)],
+            "evidence_path": list(flag.evidence_path),
+        },
+    )
+
+
+def case_for_erasure(event: ConsentEvent) -> Case | None:
+    """A withdrawal that also asks for erasure opens a subject-erasure case."""
+    if event.state is not ConsentState.WITHDRAWN or not event.erasure_requested:
+        return None
+    cause = f"erasure:{event.subject_id}:{event.consent_event_id}"
+    regime = regime_for(event.jurisdiction)
+    return Case(
+        case_id=_case_id(cause),
+        kind=CaseKind.SUBJECT_ERASURE,
+        cause_key=cause,
+        legal_basis={Regime.GDPR: "GDPR Art. 17", Regime.CCPA: "CCPA §1798.105"}.get(
+            regime, "internal policy"
+        ),
+        regime=regime,
+        requester=f"subject:{event.subject_id}",
+        received_at=event.recorded_at,
+        deadline=deadline(regime, event.recorded_at),
+        scope={"subject_ids": [event.subject_id], "data_categories": list(event.data_categories)},
+    )

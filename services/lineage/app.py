@@ -1,0 +1,40 @@
+"""Lineage service wiring: the one place that assembles it. Nothing runs at import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from faststream import FastStream
+
+from contracts.topics import FINDINGS, MODEL_FLAGS, OPENLINEAGE
+from services.lineage.entrypoints.http import router
+from services.lineage.entrypoints.kafka import decode_openlineage
+from services.lineage.service.handlers import on_finding, on_openlineage_event
+from services.runtime.consumer import Subscription
+from services.runtime.host import ServiceSpec, create_broker
+from services.runtime.settings import ServiceSettings
+
+SPEC = ServiceSpec(
+    name="lineage",
+    title="ConsentTrace model lineage",
+    description="OpenLineage runs at version level; dataset findings become model flags.",
+    migrations=Path(__file__).parent / "migrations" / "versions",
+    subscriptions=(
+        Subscription(
+            OPENLINEAGE,
+            on_openlineage_event,
+            decoder=decode_openlineage,
+            description="OpenLineage RunEvents as the Kafka transport writes them.",
+        ),
+        Subscription(FINDINGS, on_finding, description="Dataset findings → model flags."),
+    ),
+    routers=(router,),
+    publishes=(MODEL_FLAGS,),
+)
+
+
+def asyncapi_app() -> FastStream:
+    """For ``faststream docs gen --factory``."""
+    from services.runtime.asyncapi import describe
+
+    return describe(SPEC, create_broker(ServiceSettings(service_name=SPEC.name)))

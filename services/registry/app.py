@@ -1,0 +1,34 @@
+"""Registry service wiring: the one place that assembles it. Nothing runs at import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from faststream import FastStream
+
+from contracts.topics import CONSENT_EVENTS, FINDINGS, POLICIES
+from services.registry.entrypoints.http import router
+from services.registry.service.handlers import on_consent_event, on_policy_change
+from services.runtime.consumer import Subscription
+from services.runtime.host import ServiceSpec, create_broker
+from services.runtime.settings import ServiceSettings
+
+SPEC = ServiceSpec(
+    name="registry",
+    title="ConsentTrace training-data registry",
+    description="Records, sealed dataset versions, and findings when consent or policy changes.",
+    migrations=Path(__file__).parent / "migrations" / "versions",
+    subscriptions=(
+        Subscription(POLICIES, on_policy_change, description="Policy versions projection."),
+        Subscription(CONSENT_EVENTS, on_consent_event, description="Consent changes → findings."),
+    ),
+    routers=(router,),
+    publishes=(FINDINGS,),
+)
+
+
+def asyncapi_app() -> FastStream:
+    """For ``faststream docs gen --factory``."""
+    from services.runtime.asyncapi import describe
+
+    return describe(SPEC, create_broker(ServiceSettings(service_name=SPEC.name)))

@@ -1,0 +1,48 @@
+"""Registry use cases: each runs inside one unit of work."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from contracts.events import ConsentEvent, PolicyChange
+from contracts.topics import FINDINGS
+from services.registry.adapters.repository import RegistryRepository
+from services.registry.domain.findings import withdrawal_findings
+from services.registry.domain.snapshots import DatasetVersionRegistration
+from services.runtime.messages import Event
+from services.runtime.telemetry import current_trace_id
+from services.runtime.unit_of_work import UnitOfWork
+
+__all__ = ["on_consent_event", "on_policy_change", "register_dataset_version"]
+
+
+class DatasetVersionExists(Exception):
+    """Dataset versions are immutable: the same name and version cannot be registered twice."""
+
+
+async def register_dataset_version(
+    uow: UnitOfWork, registration: DatasetVersionRegistration, *, now: datetime
+) -> None:
+    repo = RegistryRepository(uow.connection)
+    if await repo.dataset_exists(registration.dataset):
+        raise DatasetVersionExists(
+            f"{registration.dataset.key} is already registered; dataset versions are immutable"
+        )
+    await repo.register_sealed(registration, sealed_at=now)
+
+
+async def on_policy_change(event: Event[PolicyChange], uow: UnitOfWork) -> None:
+    """Keep our own projection of policy versions (never call the consent service)."""
+    await RegistryRepository(uow.connection).save_policy(event.body.policy, event.body.published_at)
+
+
+async def on_consent_event(event: Event[ConsentEvent], uow: UnitOfWork) -> None:
+    """Record the change; a withdrawal yields findings for every dataset version it reaches."""
+    repo = RegistryRepository(uow.connection)
+    consent = event.body
+    await repo.save_consent(consent)
+    findings = withdrawal_findings(
+        consent, await repo.used_records_of(consent.subject_id), await repo.policies()
+    )
+    for finding in await repo.save_findings(findings, current_trace_id()):
+        uow.publish(FINDINGS, finding, key=finding.dataset.key, event_id=str(finding.finding_id))

@@ -1,0 +1,56 @@
+"""asyncpg pool creation that waits for Postgres instead of crashing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import asyncpg
+
+from services.runtime.backoff import backoff_delays
+from services.runtime.errors import is_transient
+from services.runtime.settings import ServiceSettings
+
+__all__ = ["Connection", "Pool", "connect_pool"]
+
+log = logging.getLogger(__name__)
+Pool = asyncpg.Pool
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    Connection: TypeAlias = asyncpg.Connection[Any] | PoolConnectionProxy[Any]
+    """A connection, pooled or not: what repositories take."""
+else:
+    Connection = asyncpg.Connection
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+async def connect_pool(settings: ServiceSettings) -> asyncpg.Pool:
+    """Open the pool, retrying with capped backoff while Postgres is unreachable."""
+    delays = backoff_delays(settings.retry_initial_backoff_s, settings.retry_max_backoff_s)
+    while True:
+        try:
+            pool = await asyncpg.create_pool(
+                settings.dsn,
+                min_size=settings.db_pool_min,
+                max_size=settings.db_pool_max,
+                init=_init_connection,
+                timeout=5,
+            )
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            delay = next(delays)
+            log.warning("postgres unreachable (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+        else:
+            return pool

@@ -1,0 +1,55 @@
+"""Errors the runtime tells apart, because each is handled differently.
+
+Exception
+├── PermanentError          the message can never succeed: dead-letter it
+│   └── ContractViolation   the bytes or headers break the contract
+└── (transient, see is_transient) database/broker unreachable: retry forever
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+__all__ = ["ContractViolation", "PermanentError", "is_transient"]
+
+
+class PermanentError(Exception):
+    """Processing this message can never succeed; it goes to the dead-letter topic."""
+
+    reason = "rejected"
+
+
+class ContractViolation(PermanentError):
+    """The message does not parse or violates its contract."""
+
+    reason = "contract_violation"
+
+
+_TRANSIENT_SQLSTATES = {
+    "40001",  # serialization_failure
+    "40P01",  # deadlock_detected
+    "53300",  # too_many_connections
+    "57P01",  # admin_shutdown
+    "57P02",  # crash_shutdown
+    "57P03",  # cannot_connect_now
+    "08000",
+    "08003",
+    "08006",
+    "08001",
+    "08004",
+}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when retrying later can succeed: the infrastructure, not the message, failed."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return getattr(exc, "sqlstate", None) in _TRANSIENT_SQLSTATES
+    if isinstance(exc, asyncpg.InterfaceError):
+        # DataError is an InterfaceError too, but it is our bug, not the network's.
+        return not isinstance(exc, asyncpg.DataError)
+    if isinstance(exc, OSError | asyncio.TimeoutError | KafkaConnectionError):
+        return True
+    return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))

@@ -1,0 +1,243 @@
+"""The process every service runs: HTTP API, Kafka consumers and the outbox relay.
+
+``create_app(spec, settings)`` is the one composition root. Nothing connects at import;
+on startup the HTTP server answers liveness at once while a background task waits for
+Postgres and the broker (with capped backoff), then starts the relay and the consumers.
+Readiness turns true only when both answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from faststream.kafka import KafkaBroker
+from opentelemetry.trace import SpanKind
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+
+from contracts.topics import Topic
+from services.runtime import metrics
+from services.runtime.backoff import backoff_delays
+from services.runtime.consumer import EventConsumer, Subscription
+from services.runtime.db import connect_pool
+from services.runtime.outbox import OutboxRelay
+from services.runtime.settings import ServiceSettings
+from services.runtime.telemetry import extract_from_mapping, setup_tracing, tracer
+from services.runtime.unit_of_work import UnitOfWork, unit_of_work
+
+__all__ = ["RuntimeDep", "ServiceRuntime", "ServiceSpec", "create_app", "create_broker"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What makes a service itself: its name, migrations, subscriptions and HTTP routes."""
+
+    name: str
+    title: str
+    description: str
+    migrations: Path
+    subscriptions: Sequence[Subscription] = ()
+    publishes: Sequence[Topic] = ()
+    routers: Sequence[APIRouter] = ()
+    on_ready: Sequence[Callable[[ServiceRuntime], Awaitable[None]]] = field(default=())
+
+
+def create_broker(settings: ServiceSettings) -> KafkaBroker:
+    return KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        client_id=settings.service_name,
+        acks="all",
+        enable_idempotence=settings.kafka_enable_idempotence,
+    )
+
+
+class ServiceRuntime:
+    """Live connections of one service process."""
+
+    def __init__(self, spec: ServiceSpec, settings: ServiceSettings) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.source = f"/consenttrace/{spec.name}"
+        self.broker = create_broker(settings)
+        self.consumer = EventConsumer(settings, lambda: self.pool, self.source)
+        for subscription in spec.subscriptions:
+            self.consumer.register(self.broker, subscription)
+        self._pool: asyncpg.Pool | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._relay: OutboxRelay | None = None
+        self._starter: asyncio.Task[None] | None = None
+        self.started = asyncio.Event()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("database pool not connected yet")
+        return self._pool
+
+    @property
+    def database_connected(self) -> bool:
+        return self._pool is not None
+
+    def unit_of_work(self) -> Any:
+        """A unit of work on this service's database (state + outbox in one commit)."""
+        return unit_of_work(self.pool, self.source)
+
+    async def start(self) -> None:
+        self._starter = asyncio.create_task(self._start(), name="runtime-start")
+
+    async def _start(self) -> None:
+        s = self.settings
+        self._pool = await connect_pool(s)
+        delays = backoff_delays(s.retry_initial_backoff_s, s.retry_max_backoff_s)
+        while True:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=s.kafka_bootstrap_servers,
+                client_id=f"{s.service_name}-outbox",
+                acks="all",
+                enable_idempotence=s.kafka_enable_idempotence,
+                linger_ms=2,
+            )
+            try:
+                await producer.start()
+                await self.broker.start()
+            except Exception as exc:
+                await producer.stop()
+                delay = next(delays)
+                log.warning("kafka not reachable (%r); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            break
+        self._producer = producer
+        self._relay = OutboxRelay(self._pool, producer, s)
+        await self._relay.start()
+        for hook in self.spec.on_ready:
+            await hook(self)
+        self.started.set()
+        log.info("%s ready", self.spec.name)
+
+    async def stop(self) -> None:
+        if self._starter is not None:
+            self._starter.cancel()
+            await asyncio.gather(self._starter, return_exceptions=True)
+        await self.broker.stop()
+        if self._relay is not None:
+            await self._relay.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def readiness(self) -> dict[str, str]:
+        """Checks each dependency; every value must be ``"ok"`` for the service to be ready."""
+        checks = {"startup": "ok" if self.started.is_set() else "starting"}
+        checks["database"] = await _check(self._check_database)
+        checks["broker"] = await _check(self._check_broker)
+        metrics.READY.set(1 if all(v == "ok" for v in checks.values()) else 0)
+        return checks
+
+    async def _check_database(self) -> None:
+        await self.pool.fetchval("SELECT 1", timeout=2)
+
+    async def _check_broker(self) -> None:
+        if self._producer is None:
+            raise RuntimeError("producer not started")
+        await asyncio.wait_for(self._producer.client.fetch_all_metadata(), 2)
+
+
+async def _check(probe: Callable[[], Awaitable[None]]) -> str:
+    try:
+        await probe()
+    except Exception as exc:
+        return f"error: {exc!r}"[:200]
+    return "ok"
+
+
+def runtime_of(request: Request) -> ServiceRuntime:
+    """The runtime, once its database answers: the API needs no broker (writes go to the outbox)."""
+    runtime: ServiceRuntime = request.app.state.runtime
+    if not runtime.database_connected:
+        raise HTTPException(503, "service is starting: database not reachable yet")
+    return runtime
+
+
+RuntimeDep = Annotated[ServiceRuntime, Depends(runtime_of)]
+UnitOfWorkFactory = Callable[[], Any]
+
+
+class _TracingMiddleware(BaseHTTPMiddleware):
+    """A server span per request, continuing any ``traceparent`` the caller sent."""
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        name = f"{request.method} {request.url.path}"
+        with tracer().start_as_current_span(
+            name,
+            context=extract_from_mapping(dict(request.headers)),
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": request.method, "url.path": request.url.path},
+        ) as span:
+            response = await call_next(request)
+            span.set_attribute("http.response.status_code", response.status_code)
+            ctx = span.get_span_context()
+            response.headers["traceparent"] = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-01"
+            return response
+
+
+def _health_router() -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/health/live", summary="The process is up")
+    async def live() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/health/ready", summary="Broker and database reachable")
+    async def ready(request: Request) -> JSONResponse:
+        checks = await request.app.state.runtime.readiness()
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503
+        )
+
+    @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def create_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
+    """The service as an ASGI app; connections open in its lifespan, never at import."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        setup_tracing(spec.name, settings.otel_exporter_otlp_endpoint)
+        runtime = ServiceRuntime(spec, settings)
+        app.state.runtime = runtime
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title=spec.title, description=spec.description, version="0.1.0", lifespan=lifespan
+    )
+    app.add_middleware(_TracingMiddleware)
+    app.include_router(_health_router())
+    for router in spec.routers:
+        app.include_router(router)
+    return app
+
+
+__all__ += ["UnitOfWork", "UnitOfWorkFactory"]

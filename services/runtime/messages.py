@@ -1,0 +1,84 @@
+"""Turning contract bodies into outbox messages and consumed records back into events."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from contracts.envelope import Envelope, EnvelopeError
+from contracts.topics import Topic
+from services.runtime.errors import ContractViolation
+from services.runtime.outbox import OutboxMessage
+from services.runtime.telemetry import inject_into_headers
+
+__all__ = ["Event", "decode_event", "encode_event"]
+
+T = TypeVar("T", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class Event(Generic[T]):
+    """A consumed event: its CloudEvents attributes, its body and where it came from."""
+
+    envelope: Envelope
+    body: T
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+
+    @property
+    def id(self) -> str:
+        return self.envelope.id
+
+
+def encode_event(
+    topic: Topic, body: BaseModel, *, key: str, source: str, event_id: str | None = None
+) -> OutboxMessage:
+    """Wrap a body in a CloudEvents binary-mode record carrying the current trace context."""
+    if not isinstance(body, topic.model):
+        raise TypeError(f"{topic.name} carries {topic.model.__name__}, not {type(body).__name__}")
+    envelope = Envelope.new(type=topic.event_type, source=source, subject=key)
+    if event_id is not None:
+        envelope = envelope.model_copy(update={"id": event_id})
+    return OutboxMessage(
+        topic=topic.name,
+        key=key.encode(),
+        value=body.model_dump_json(by_alias=True, exclude_none=False).encode(),
+        headers=(*envelope.to_headers(), *inject_into_headers()),
+    )
+
+
+def decode_event(
+    topic: Topic,
+    *,
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes | None]],
+    partition: int,
+    offset: int,
+    key: bytes | None,
+) -> Event[BaseModel]:
+    """Validate headers and body against the topic's contract, or raise ContractViolation."""
+    try:
+        envelope = Envelope.from_headers(headers)
+    except EnvelopeError as exc:
+        raise ContractViolation(str(exc)) from exc
+    if envelope.type != topic.event_type:
+        raise ContractViolation(f"ce_type {envelope.type!r} is not {topic.event_type!r}")
+    if value is None:
+        raise ContractViolation("empty message body (tombstone) on an event topic")
+    try:
+        body = topic.model.model_validate_json(value)
+    except ValidationError as exc:
+        raise ContractViolation(_short(exc)) from exc
+    return Event(envelope, body, topic.name, partition, offset, key)
+
+
+def _short(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False, include_input=False)
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}" for e in errors[:10]
+    )

@@ -1,0 +1,35 @@
+"""Prometheus metrics every service exposes on ``/metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "CONSUMED",
+    "DEAD_LETTERED",
+    "HANDLER_SECONDS",
+    "OUTBOX_PUBLISHED",
+    "READY",
+    "RETRIES",
+]
+
+CONSUMED = Counter(
+    "consenttrace_messages_consumed_total",
+    "Messages consumed, by topic and outcome (processed, duplicate, dead_lettered).",
+    ["topic", "outcome"],
+)
+DEAD_LETTERED = Counter(
+    "consenttrace_dead_lettered_total", "Messages sent to <topic>.dlq.", ["topic", "reason"]
+)
+RETRIES = Counter(
+    "consenttrace_handler_retries_total",
+    "Retries of a message's processing, by kind (transient, unexpected).",
+    ["topic", "kind"],
+)
+HANDLER_SECONDS = Histogram(
+    "consenttrace_handler_seconds", "Time to process one message, retries included.", ["topic"]
+)
+OUTBOX_PUBLISHED = Counter(
+    "consenttrace_outbox_published_total", "Outbox rows published to Kafka.", ["topic"]
+)
+READY = Gauge("consenttrace_ready", "1 when the service's broker and database are reachable.")

@@ -1,0 +1,63 @@
+"""Settings from the environment, shared by every service (documented in README.md)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PostgresDsn, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ServiceSettings"]
+
+
+class ServiceSettings(BaseSettings):
+    """One process's configuration. Every field maps to an upper-case env variable."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    service_name: str = Field(default="consenttrace", pattern=r"^[a-z][a-z0-9-]*$")
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    database_url: PostgresDsn = PostgresDsn("postgresql://postgres@127.0.0.1:5432/postgres")
+    db_pool_min: int = Field(default=1, ge=0)
+    db_pool_max: int = Field(default=10, ge=1)
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_enable_idempotence: bool = True
+    """Idempotent producer. Apache Kafka: keep on. Tansu 0.6 rejects the handshake: off."""
+    kafka_group_prefix: str = "consenttrace"
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=1_000)
+    kafka_heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    kafka_max_poll_records: int = Field(default=500, ge=1)
+
+    outbox_batch_size: int = Field(default=500, ge=1)
+    outbox_poll_interval_s: float = Field(default=1.0, gt=0)
+    """Fallback poll when no NOTIFY arrives (a missed notification is never lost work)."""
+    outbox_retention_s: float = Field(default=86_400, ge=0)
+
+    retry_initial_backoff_s: float = Field(default=0.1, gt=0)
+    retry_max_backoff_s: float = Field(default=10.0, gt=0)
+    handler_max_attempts: int = Field(default=5, ge=1)
+    """Attempts for an unexpected handler error before it is dead-lettered.
+
+    Transient errors (database or broker unreachable) are retried without limit."""
+
+    otel_exporter_otlp_endpoint: str | None = None
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _accept_driver_suffix(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.replace("postgresql+asyncpg://", "postgresql://", 1)
+        return value
+
+    @property
+    def dsn(self) -> str:
+        """The plain libpq URL asyncpg takes."""
+        return str(self.database_url)
+
+    def consumer_group(self, topic: str) -> str:
+        """One group per (service, topic): subscribers never rebalance each other."""
+        return f"{self.kafka_group_prefix}.{self.service_name}.{topic}"
