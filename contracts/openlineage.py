@@ -204,9 +204,9 @@ def _not_null(value: object) -> object:
 
 _NotNull = BeforeValidator(_not_null)
 
-Uri = Annotated[StrictStr, AfterValidator(_uri)]
-EventTime = Annotated[AwareDatetime, BeforeValidator(_event_time)]
-RunId = Annotated[UUID, BeforeValidator(_run_id)]
+_Uri = Annotated[StrictStr, AfterValidator(_uri)]
+_EventTime = Annotated[AwareDatetime, BeforeValidator(_event_time)]
+_RunId = Annotated[UUID, BeforeValidator(_run_id)]
 
 
 # --- facets --------------------------------------------------------------------------
@@ -235,9 +235,9 @@ def _deletable_facets(facets: dict[str, dict[str, Any]]) -> dict[str, dict[str, 
     return facets
 
 
-RunFacets = Annotated[dict[str, dict[str, Any]], AfterValidator(_base_facets)]
+_BaseFacets = Annotated[dict[str, dict[str, Any]], AfterValidator(_base_facets)]
 """Run, input-dataset and output-dataset facets: ``BaseFacet`` objects by name."""
-DeletableFacets = Annotated[dict[str, dict[str, Any]], AfterValidator(_deletable_facets)]
+_DeletableFacets = Annotated[dict[str, dict[str, Any]], AfterValidator(_deletable_facets)]
 """Job and dataset facets: ``BaseFacet`` objects by name, with an optional ``_deleted``."""
 
 
@@ -306,8 +306,8 @@ class Run(_WireModel):
 
     _WIRE_TEXT_FIELDS = {"run_id": UUID}
 
-    run_id: RunId = Field(alias="runId")
-    facets: Annotated[RunFacets | None, _NotNull] = None
+    run_id: _RunId = Field(alias="runId")
+    facets: Annotated[_BaseFacets | None, _NotNull] = None
 
 
 class Job(_WireModel):
@@ -315,7 +315,7 @@ class Job(_WireModel):
 
     namespace: StrictStr
     name: StrictStr
-    facets: Annotated[DeletableFacets | None, _NotNull] = None
+    facets: Annotated[_DeletableFacets | None, _NotNull] = None
 
 
 class Dataset(_WireModel):
@@ -323,7 +323,7 @@ class Dataset(_WireModel):
 
     namespace: StrictStr
     name: StrictStr
-    facets: Annotated[DeletableFacets | None, _NotNull] = None
+    facets: Annotated[_DeletableFacets | None, _NotNull] = None
 
     def _facet_value(self, facet: str, key: str) -> str | None:
         value = (self.facets or {}).get(facet, {}).get(key)
@@ -348,13 +348,15 @@ class Dataset(_WireModel):
 class InputDataset(Dataset):
     """A dataset a run or job reads (``InputDataset``), with its ``inputFacets``."""
 
-    input_facets: Annotated[RunFacets | None, _NotNull] = Field(default=None, alias="inputFacets")
+    input_facets: Annotated[_BaseFacets | None, _NotNull] = Field(default=None, alias="inputFacets")
 
 
 class OutputDataset(Dataset):
     """A dataset a run or job writes (``OutputDataset``), with its ``outputFacets``."""
 
-    output_facets: Annotated[RunFacets | None, _NotNull] = Field(default=None, alias="outputFacets")
+    output_facets: Annotated[_BaseFacets | None, _NotNull] = Field(
+        default=None, alias="outputFacets"
+    )
 
 
 class StaticDataset(Dataset):
@@ -377,9 +379,9 @@ class BaseEvent(_WireModel):
 
     _WIRE_TEXT_FIELDS = {"event_time": _parse_rfc3339}
 
-    event_time: EventTime = Field(alias="eventTime")
-    producer: Uri
-    schema_url: Uri = Field(alias="schemaURL")
+    event_time: _EventTime = Field(alias="eventTime")
+    producer: _Uri
+    schema_url: _Uri = Field(alias="schemaURL")
 
 
 class RunEvent(BaseEvent):

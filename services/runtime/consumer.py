@@ -26,6 +26,7 @@ from aiokafka import ConsumerRecord
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from faststream.message import StreamMessage
 from opentelemetry.trace import SpanKind
 
 from contracts.topics import Topic
@@ -89,6 +90,7 @@ class EventConsumer:
             session_timeout_ms=s.kafka_session_timeout_ms,
             heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
             max_poll_records=s.kafka_max_poll_records,
+            decoder=_undecoded,
             title=f"{s.service_name}:{subscription.topic.name}",
             description=(
                 f"{subscription.description} Body: contracts/schemas/"
@@ -195,6 +197,12 @@ class EventConsumer:
         )
         metrics.DEAD_LETTERED.labels(record.topic, reason).inc()
         return "dead_lettered"
+
+
+async def _undecoded(message: StreamMessage[Any]) -> bytes:
+    """Hand the body over untouched: bad bytes must reach our dead-lettering, not FastStream's
+    JSON decoder (which would log the error and let the record slip past the offset)."""
+    return message.body
 
 
 def dead_letter_message(

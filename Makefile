@@ -1,0 +1,57 @@
+# ConsentTrace: one entry point for humans and CI.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SERVICES := consent registry lineage deletion
+
+.PHONY: help install dev demo stop status test test-unit lint format schemas asyncapi bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
+
+install: $(BIN)/python  ## install everything for development (pinned by requirements.lock)
+	$(BIN)/pip install --quiet -c requirements.lock -e ".[dev]"
+
+dev: install  ## start the embedded stack (Tansu + local Postgres + the four services)
+	$(BIN)/python -m services.runtime.devstack up
+
+demo: dev  ## start the stack and walk one consent withdrawal through the four services
+	$(BIN)/python -m services.runtime.walkthrough
+
+stop:  ## stop everything `make dev` started
+	$(BIN)/python -m services.runtime.devstack down
+
+status:  ## show the embedded stack's processes and readiness
+	$(BIN)/python -m services.runtime.devstack status
+
+test: install  ## the full suite: unit, integration (real broker + Postgres), end to end
+	$(BIN)/pytest -q
+
+test-unit: install  ## unit tests only (no broker, no database)
+	$(BIN)/pytest -q tests/unit
+
+lint: install  ## ruff and mypy, as CI runs them
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy contracts services
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+schemas: install  ## regenerate contracts/schemas and contracts/asyncapi from the code
+	$(BIN)/python -m contracts.generate
+	@for s in $(SERVICES); do \
+	  $(BIN)/faststream docs gen --yaml --factory services.$$s.app:asyncapi_app \
+	    --out contracts/asyncapi/$$s.yaml >/dev/null && echo "wrote contracts/asyncapi/$$s.yaml"; \
+	done
+
+bench: install  ## withdrawal → model flag latency and throughput on the embedded stack
+	$(BIN)/python bench/withdrawal_latency.py
+
+clean: stop
+	rm -rf .dev

@@ -1,0 +1,233 @@
+"""Test support shared by the integration, end-to-end and benchmark code.
+
+Service processes on fresh databases, a TCP proxy that can cut Postgres away from a
+service, and small Kafka produce/collect helpers that read topics without a group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+
+from services.runtime import devstack, embedded
+from services.runtime.migrate import upgrade
+
+__all__ = [
+    "PostgresProxy",
+    "ServiceProcess",
+    "StartService",
+    "collect",
+    "header",
+    "migrate_service",
+    "produce",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def migrate_service(name: str, database_url: str) -> None:
+    """Migrate in a thread of its own: Alembic runs its own event loop, callers may have one."""
+    versions = REPO_ROOT / "services" / name / "migrations" / "versions"
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(upgrade, versions, database_url, wait_s=10).result()
+
+
+@dataclass
+class ServiceProcess:
+    """One service as a real process: ``start``, ``kill`` (SIGKILL), ``restart``, ``stop``."""
+
+    name: str
+    database_url: str
+    bootstrap: str
+    log_dir: Path
+    idempotence: bool = False
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=embedded.free_port)
+    group_prefix: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:8]}")
+    direct_database_url: str | None = None
+    """For the test's own queries when the service reaches Postgres through a proxy."""
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_dsn(self) -> str:
+        return self.direct_database_url or self.database_url
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"{self.name}.log"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "SERVICE_NAME": self.name,
+            "DATABASE_URL": self.database_url,
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "KAFKA_ENABLE_IDEMPOTENCE": "true" if self.idempotence else "false",
+            "KAFKA_GROUP_PREFIX": self.group_prefix,
+            # A SIGKILLed member must be replaced fast (Tansu: a rebalance takes ~5 s).
+            "KAFKA_SESSION_TIMEOUT_MS": "6000",
+            "KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+            "RETRY_MAX_BACKOFF_S": "1.0",
+            "OUTBOX_POLL_INTERVAL_S": "0.5",
+            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+            **self.extra_env,
+        }
+
+    def start(self) -> ServiceProcess:
+        self.proc = devstack.start_service(self.name, self.env(), self.port, self.log_dir)
+        return self
+
+    def wait_ready(self, timeout: float = 90.0) -> ServiceProcess:
+        devstack.wait_ready(
+            f"{self.url}/health/ready", timeout, proc=self.proc, log_path=self.log_path
+        )
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hook runs, nothing is flushed or committed."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+class StartService(Protocol):
+    """The ``start_service`` fixture: a service process on a fresh migrated database."""
+
+    def __call__(self, name: str, *, via: PostgresProxy | None = None) -> ServiceProcess: ...
+
+
+class PostgresProxy:
+    """A TCP forwarder to Postgres that a test can open and cut, to make Postgres vanish."""
+
+    def __init__(self, target_host: str = "127.0.0.1", target_port: int = 5432) -> None:
+        self.port = embedded.free_port()
+        self._target = (target_host, target_port)
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        """Refuse new connections and break every open one."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for task in list(self._pipes):
+            task.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.close()
+            return
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(_pipe(src, dst))
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (OSError, asyncio.CancelledError):
+        pass
+    finally:
+        writer.close()
+
+
+Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
+
+
+async def produce(bootstrap: str, topic: str, records: Iterable[Record]) -> None:
+    """Send (key, value, headers) records in order and wait until the broker has them."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, value=value, key=key, headers=headers)
+            for key, value, headers in records
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def collect(
+    bootstrap: str,
+    topic: str,
+    match: Callable[[ConsumerRecord[bytes, bytes]], bool],
+    *,
+    expected: int,
+    timeout: float = 30.0,
+    settle: float = 1.0,
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every matching record from the start of ``topic``, read without a consumer group.
+
+    Returns once ``expected`` matches arrived and nothing more matched for ``settle``
+    seconds (so duplicates would be seen), or at ``timeout`` with what arrived.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    found: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        deadline = time.monotonic() + timeout
+        partitions: set[TopicPartition] = set()
+        last_match = time.monotonic()
+        while time.monotonic() < deadline:
+            known = consumer.partitions_for_topic(topic) or set()
+            if {TopicPartition(topic, p) for p in known} != partitions:
+                partitions = {TopicPartition(topic, p) for p in known}
+                consumer.assign(list(partitions))
+                await consumer.seek_to_beginning(*partitions)
+                found.clear()
+            if not partitions:
+                await consumer._client.force_metadata_update()
+                await asyncio.sleep(0.2)
+                continue
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                for record in records:
+                    if match(record):
+                        found.append(record)
+                        last_match = time.monotonic()
+            if len(found) >= expected and time.monotonic() - last_match >= settle:
+                break
+    finally:
+        await consumer.stop()
+    return found
+
+
+def header(record: ConsumerRecord[bytes, bytes], name: str) -> str | None:
+    for key, value in record.headers or ():
+        if key == name:
+            return value.decode() if value is not None else None
+    return None

@@ -1,0 +1,51 @@
+"""Fixtures that run services as real processes against the session's broker and Postgres."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+import pytest
+
+from services.runtime.embedded import database_url_for
+from services.runtime.testing import (
+    PostgresProxy,
+    ServiceProcess,
+    StartService,
+    migrate_service,
+)
+
+
+@pytest.fixture
+def start_service(
+    make_database: Callable[[str], str],
+    kafka_bootstrap: str,
+    kafka_idempotence: bool,
+    tmp_path: Path,
+) -> Iterator[StartService]:
+    """Factory: a fresh migrated database and the service process on it (not yet ready).
+
+    With ``via``, the service reaches Postgres only through that proxy.
+    """
+    started: list[ServiceProcess] = []
+
+    def start(name: str, *, via: PostgresProxy | None = None) -> ServiceProcess:
+        db = make_database(name)
+        migrate_service(name, db)
+        service_db = db
+        if via is not None:
+            dbname = db.rsplit("/", 1)[1]
+            service_db = database_url_for(f"postgresql://postgres@127.0.0.1:{via.port}", dbname)
+        service = ServiceProcess(
+            name,
+            service_db,
+            kafka_bootstrap,
+            tmp_path,
+            idempotence=kafka_idempotence,
+            direct_database_url=db,
+        )
+        started.append(service.start())
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
