@@ -64,4 +64,4 @@ def execute_script(sql: str) -> None:
 
     dbapi_connection = op.get_bind().connection.dbapi_connection
     assert dbapi_connection is not None
-    dbapi_connection.run_async(lambda conn: conn.execute(sql))  # type: ignore[attr-defined]
+    dbapi_connection.run_async(lambda conn: conn.execute(sql))

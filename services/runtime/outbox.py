@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -21,6 +22,9 @@ from services.runtime import metrics
 from services.runtime.backoff import backoff_delays
 from services.runtime.db import Connection
 from services.runtime.settings import ServiceSettings
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
 
 __all__ = ["NOTIFY_CHANNEL", "OutboxMessage", "OutboxRelay", "enqueue"]
 
@@ -85,7 +89,7 @@ class OutboxRelay:
         self._settings = settings
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._listener: Connection | None = None
+        self._listener: PoolConnectionProxy[Any] | None = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
@@ -160,15 +164,21 @@ class OutboxRelay:
                 await asyncio.wait_for(self._wake.wait(), self._settings.outbox_poll_interval_s)
 
     async def _ensure_listener(self) -> None:
+        """Hold one pooled connection for LISTEN: same database as the rows, by construction."""
         if self._listener is not None and not self._listener.is_closed():
             return
-        self._listener = await asyncpg.connect(self._settings.dsn, timeout=5)
-        await self._listener.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
+        await self._close_listener()
+        self._listener = await self._pool.acquire(timeout=5)
+        await self._listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
 
     async def _close_listener(self) -> None:
         if self._listener is not None:
             listener, self._listener = self._listener, None
             try:
-                await listener.close(timeout=2)
+                await listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
             except Exception:
-                listener.terminate()
+                log.debug("listener connection already gone")
+            await self._pool.release(listener)

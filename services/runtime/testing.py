@@ -187,19 +187,19 @@ async def collect(
     match: Callable[[ConsumerRecord[bytes, bytes]], bool],
     *,
     expected: int,
-    timeout: float = 30.0,
+    within: float = 30.0,
     settle: float = 1.0,
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Every matching record from the start of ``topic``, read without a consumer group.
 
     Returns once ``expected`` matches arrived and nothing more matched for ``settle``
-    seconds (so duplicates would be seen), or at ``timeout`` with what arrived.
+    seconds (so duplicates would be seen), or after ``within`` seconds with what arrived.
     """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     found: list[ConsumerRecord[bytes, bytes]] = []
     try:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         partitions: set[TopicPartition] = set()
         last_match = time.monotonic()
         while time.monotonic() < deadline:

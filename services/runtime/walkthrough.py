@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -161,22 +160,23 @@ async def withdraw(client: httpx.AsyncClient, stack: Stack, subject_id: str) -> 
     return response.headers["traceparent"].split("-")[1]
 
 
-async def poll(probe: Callable[[], Awaitable[T | None]], timeout: float = 30.0) -> T:
-    """Call ``probe`` until it returns something, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+async def poll(probe: Callable[[], Awaitable[T | None]], within: float = 30.0) -> T:
+    """Call ``probe`` until it returns something, or fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
     while True:
         result = await probe()
         if result is not None:
             return result
         if time.monotonic() > deadline:
-            raise TimeoutError(f"nothing after {timeout}s")
+            raise TimeoutError(f"nothing after {within}s")
         await asyncio.sleep(0.05)
 
 
 async def _rows(client: httpx.AsyncClient, url: str, **params: str) -> list[Any]:
     """JSON rows, or none while the service is still starting."""
     response = await client.get(url, params=params)
-    return response.json() if response.status_code == 200 else []  # type: ignore[no-any-return]
+    rows: list[Any] = response.json() if response.status_code == 200 else []
+    return rows
 
 
 async def finding_of(client: httpx.AsyncClient, stack: Stack, walk: Walk) -> dict[str, Any] | None:
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{name}", default=getattr(defaults, name))
     args = parser.parse_args(argv)
     stack = Stack(args.consent, args.registry, args.lineage, args.deletion)
-    asyncio.run(run(stack, lambda line: sys.stdout.write(line + "\n")))
+    asyncio.run(run(stack, lambda line: print(line, flush=True)))  # noqa: T201
     return 0
 
 

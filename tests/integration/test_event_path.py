@@ -65,11 +65,11 @@ def erasure(subject: str, *, event_id: str | None = None) -> tuple[ConsentEvent,
     return body, (message.key, message.value, list(message.headers))
 
 
-async def wait_for(probe: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for(probe: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
     while not await probe():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.1)
 
 
@@ -218,7 +218,7 @@ async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(
         CASES.name,
         lambda r: (r.key or b"").decode() in case_ids,
         expected=count,
-        timeout=60,
+        within=60,
     )
     event_ids = [header(r, "ce_id") for r in published]
     assert set(event_ids) == {f"case:{c}:1" for c in case_ids}, "every case event published"
@@ -276,7 +276,7 @@ async def test_started_without_postgres_it_becomes_ready_and_waits_out_outages(
         CONSENT_EVENTS.dlq,
         lambda r: (r.key or b"").startswith(tag.encode()),
         expected=0,
-        timeout=3,
+        within=3,
     )
     assert dead == [], "a transient failure is retried, never dead-lettered"
     await proxy.cut()

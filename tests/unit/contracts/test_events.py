@@ -396,7 +396,7 @@ def test_non_utf8_header_is_rejected_with_its_name() -> None:
         (name, b"\xff\xfe" if name == "ce_source" else value)
         for name, value in envelope().to_headers()
     ]
-    with pytest.raises(EnvelopeError, match="ce_source.*UTF-8"):
+    with pytest.raises(EnvelopeError, match=r"ce_source.*UTF-8"):
         Envelope.from_headers(headers)
 
 
