@@ -24,6 +24,7 @@ from services.runtime import devstack, embedded
 from services.runtime.migrate import upgrade
 
 __all__ = [
+    "FakePool",
     "PostgresProxy",
     "ServiceProcess",
     "StartService",
@@ -231,3 +232,76 @@ def header(record: ConsumerRecord[bytes, bytes], name: str) -> str | None:
         if key == name:
             return value.decode() if value is not None else None
     return None
+
+
+class FakeConnection:
+    """Just enough of an asyncpg connection for the runtime's inbox and outbox statements.
+
+    Transactions snapshot the state and restore it on error, so rollback semantics hold.
+    """
+
+    def __init__(self, pool: FakePool) -> None:
+        self._pool = pool
+
+    def transaction(self) -> _FakeTransaction:
+        return _FakeTransaction(self._pool)
+
+    async def fetchval(self, query: str, *args: object) -> object:
+        if "INSERT INTO inbox" in query:
+            event_id = str(args[0])
+            if event_id in self._pool.inbox:
+                return None
+            self._pool.inbox.add(event_id)
+            return True
+        raise NotImplementedError(query)
+
+    async def executemany(self, query: str, rows: Iterable[tuple[object, ...]]) -> None:
+        if "INSERT INTO outbox" not in query:
+            raise NotImplementedError(query)
+        self._pool.outbox.extend(rows)
+
+    async def execute(self, query: str, *args: object) -> str:
+        if query.startswith("NOTIFY"):
+            return "NOTIFY"
+        raise NotImplementedError(query)
+
+
+class _FakeTransaction:
+    def __init__(self, pool: FakePool) -> None:
+        self._pool = pool
+
+    async def __aenter__(self) -> None:
+        self._snapshot = (set(self._pool.inbox), list(self._pool.outbox))
+        if self._pool.failures:
+            raise self._pool.failures.pop(0)
+
+    async def __aexit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is not None:
+            self._pool.inbox, self._pool.outbox = self._snapshot
+
+
+class FakePool:
+    """An in-memory stand-in for the pool: inbox ids, outbox rows, and injectable failures."""
+
+    def __init__(self) -> None:
+        self.inbox: set[str] = set()
+        self.outbox: list[tuple[object, ...]] = []
+        self.failures: list[BaseException] = []
+        """Raised, in order, by the next transactions to begin (e.g. ConnectionRefusedError)."""
+
+    def acquire(self) -> _FakeAcquire:
+        return _FakeAcquire(FakeConnection(self))
+
+    def outbox_topics(self) -> list[str]:
+        return [str(row[0]) for row in self.outbox]
+
+
+class _FakeAcquire:
+    def __init__(self, conn: FakeConnection) -> None:
+        self._conn = conn
+
+    async def __aenter__(self) -> FakeConnection:
+        return self._conn
+
+    async def __aexit__(self, *_: object) -> None:
+        return None

@@ -1,0 +1,866 @@
+"""Consent withdrawal → model flag: end-to-end latency and throughput on the real stack.
+
+    python bench/withdrawal_latency.py [--withdrawals N] [--rate R] [--runs K]
+
+Starts a Tansu broker (unless ``KAFKA_BOOTSTRAP_SERVERS`` is set), four fresh databases on
+the Postgres of ``DATABASE_URL`` (else 127.0.0.1:5432), and the four services as processes.
+Then, untimed: publishes the walkthrough policy, registers one dataset version holding one
+``user.content.private`` record per subject, and reports one OpenLineage run that trained one
+model on it. Timed, ``K`` times with fresh subjects: ``N`` withdrawals posted to the consent
+API at ``R``/s (open loop), until lineage holds a model flag for each of them.
+
+Latency of a withdrawal = ``model_flags.recorded_at`` (lineage) - ``consent_events.recorded_at``
+(consent), joined through the registry finding whose ``cause_event_ids`` names the consent
+event. The outbox and inbox timestamps of each service split it into stages. Beside the
+figures it prints what the same broker and Postgres do on their own, measured in the same run.
+See ``bench/README.md``. Not a test: nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from services.runtime import embedded
+from services.runtime.testing import ServiceProcess, migrate_service
+from services.runtime.walkthrough import (
+    Stack,
+    _ol_dataset,
+    policy_known_to_registry,
+    poll,
+    publish_policy,
+    withdraw,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+SERVICES = ("consent", "registry", "lineage", "deletion")
+CONSENT_TOPIC = "consent.events.v1"
+FINDINGS_TOPIC = "registry.findings.v1"
+FLAGS_TOPIC = "lineage.model-flags.v1"
+MAX_RECORDS_PER_VERSION = 100_000  # DatasetVersionRegistration's limit
+CHUNK = 50_000
+DRAIN_S_PER_WITHDRAWAL = 0.1
+"""Flags must all arrive within 60 s + this per withdrawal (so: at 10/s or better)."""
+
+Row = dict[str, Any]
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def quantile(values: Sequence[float], q: float) -> float | None:
+    """Linear-interpolated quantile (``q`` in 0..1); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def summary_ms(seconds: Sequence[float]) -> dict[str, float | None]:
+    """p50/p90/p99/max of durations given in seconds, in milliseconds."""
+    ms = [s * 1000 for s in seconds]
+    return {
+        "p50": quantile(ms, 0.50),
+        "p90": quantile(ms, 0.90),
+        "p99": quantile(ms, 0.99),
+        "max": max(ms) if ms else None,
+        "count": len(ms),
+    }
+
+
+def median_of(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+# ------------------------------------------------------------------------- machine limits
+
+
+async def _ensure_topic(producer: AIOKafkaProducer, topic: str) -> list[int]:
+    """Create ``topic`` (auto-creation on first produce) and return its partitions."""
+    await producer.send_and_wait(topic, b"warm-up")
+    return sorted(await producer.partitions_for(topic))
+
+
+async def kafka_limits(bootstrap: str, tag: str, messages: int) -> Row:
+    """Raw aiokafka rates on this broker: produce (two ways), consume, one hop, offset commit."""
+    out: Row = {"messages": messages, "payload_bytes": 100}
+    payload = b"x" * 100
+    topic = f"bench.limits.{tag}"
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=2, enable_idempotence=False
+    )
+    await producer.start()
+    try:
+        # 1. per-message send + gather: what the outbox relay does.
+        partitions = await _ensure_topic(producer, topic)
+        out["partitions"] = len(partitions)
+        started = time.perf_counter()
+        futures = [
+            await producer.send(topic, payload, key=str(i % 64).encode()) for i in range(messages)
+        ]
+        await asyncio.gather(*futures)
+        out["produce_send_per_s"] = messages / (time.perf_counter() - started)
+
+        # 2. the batch API: full batches handed to the broker, partitions in turn.
+        batch_topic = f"{topic}.batch"
+        batch_partitions = await _ensure_topic(producer, batch_topic)
+        started = time.perf_counter()
+        futures, sent = [], 0
+        batch = producer.create_batch()
+        for _ in range(messages):
+            if batch.append(key=None, value=payload, timestamp=None) is None:
+                partition = batch_partitions[sent % len(batch_partitions)]
+                futures.append(await producer.send_batch(batch, batch_topic, partition=partition))
+                sent += 1
+                batch = producer.create_batch()
+                batch.append(key=None, value=payload, timestamp=None)
+        partition = batch_partitions[sent % len(batch_partitions)]
+        futures.append(await producer.send_batch(batch, batch_topic, partition=partition))
+        await asyncio.gather(*futures)
+        out["produce_batch_per_s"] = messages / (time.perf_counter() - started)
+    finally:
+        await producer.stop()
+
+    # 3. consume from the beginning without a group.
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        started, seen = time.perf_counter(), 0
+        deadline = started + 120
+        while seen < messages + 1 and time.perf_counter() < deadline:
+            batches = await consumer.getmany(timeout_ms=1000)
+            seen += sum(len(records) for records in batches.values())
+        out["consume_per_s"] = seen / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+    out["hop"] = await kafka_hop_latency(bootstrap, f"bench.hop.{tag}")
+    out["commit"] = await kafka_commit_rate(bootstrap, topic, partitions[0], f"bench-{tag}")
+    return out
+
+
+async def kafka_hop_latency(bootstrap: str, topic: str, count: int = 200, rate: float = 50) -> Row:
+    """One message produced → the same message returned by ``getone()`` (default fetch settings).
+
+    The services' subscribers run aiokafka with ``fetch_max_wait_ms=500`` and ``getone()``;
+    this is the floor one Kafka hop of the event path costs, before any processing.
+    """
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await producer.start()
+    await consumer.start()
+    latencies: list[float] = []
+    sent_at: dict[bytes, float] = {}
+    try:
+        partitions = await _ensure_topic(producer, topic)
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        await consumer.position(tps[0])  # resolve the end offset before producing
+
+        async def receive() -> None:
+            while len(latencies) < count:
+                record = await consumer.getone()
+                if record.value in sent_at:
+                    latencies.append(time.perf_counter() - sent_at[record.value])
+
+        receiver = asyncio.create_task(receive())
+        for i in range(count):
+            value = f"hop-{i}".encode()
+            sent_at[value] = time.perf_counter()
+            await producer.send_and_wait(topic, value)
+            await asyncio.sleep(1 / rate)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(receiver, 30)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return summary_ms(latencies)
+
+
+async def kafka_commit_rate(bootstrap: str, topic: str, partition: int, group: str) -> Row:
+    """Sequential offset commits, one per "message": what a per-message ``ack()`` costs."""
+    commits = 1000
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        started = time.perf_counter()
+        for offset in range(1, commits + 1):
+            await asyncio.wait_for(consumer.commit({tp: offset}), 10)
+        elapsed = time.perf_counter() - started
+        return {"commits": commits, "per_s": commits / elapsed, "mean_ms": elapsed / commits * 1e3}
+    except Exception as exc:  # a broker may refuse commits outside a group generation
+        return {"error": repr(exc)}
+    finally:
+        await consumer.stop()
+
+
+async def postgres_limits(dsn: str, commit_rows: int = 2000, copy_rows: int = 200_000) -> Row:
+    """Single-row INSERT+COMMIT (one transaction each) and COPY rates on this Postgres."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        out: Row = {
+            "server_version": await conn.fetchval("SHOW server_version"),
+            "synchronous_commit": await conn.fetchval("SHOW synchronous_commit"),
+            "fsync": await conn.fetchval("SHOW fsync"),
+        }
+        # A logged table on purpose: a temp table writes no WAL, so its commit does not wait
+        # for the WAL flush -- the very cost each service pays once per message.
+        await conn.execute(
+            "CREATE TABLE bench_commit (id bigint PRIMARY KEY, subject text NOT NULL,"
+            " at timestamptz NOT NULL DEFAULT now())"
+        )
+        insert = "INSERT INTO bench_commit (id, subject) VALUES ($1, $2)"
+        started = time.perf_counter()
+        for i in range(commit_rows):
+            await conn.execute(insert, i, f"subject-{i}")
+        elapsed = time.perf_counter() - started
+        out["insert_commit_per_s"] = commit_rows / elapsed
+        out["insert_commit_mean_ms"] = elapsed / commit_rows * 1e3
+        out["insert_commit_rows"] = commit_rows
+
+        await conn.execute("CREATE TEMP TABLE bench_copy (id bigint, subject text, at timestamptz)")
+        now = datetime.now(UTC)
+        records = [(i, f"subject-{i}", now) for i in range(copy_rows)]
+        started = time.perf_counter()
+        await conn.copy_records_to_table(
+            "bench_copy", records=records, columns=["id", "subject", "at"]
+        )
+        out["copy_rows_per_s"] = copy_rows / (time.perf_counter() - started)
+        out["copy_rows"] = copy_rows
+        await conn.execute("DROP TABLE bench_commit")
+        return out
+    finally:
+        await conn.close()
+
+
+# ---------------------------------------------------------------------------------- setup
+
+
+def _digest(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def subject_ids(tag: str, start: int, count: int) -> list[str]:
+    return [f"bench-{tag}-{i:07d}" for i in range(start, start + count)]
+
+
+async def register_subjects(
+    client: httpx.AsyncClient, stack: Stack, tag: str, subjects: Sequence[str]
+) -> list[dict[str, str]]:
+    """One ``user.content.private`` record per subject, in as few dataset versions as allowed."""
+    size = len(subjects) if len(subjects) <= MAX_RECORDS_PER_VERSION else CHUNK
+    collected = datetime.now(UTC) - timedelta(days=30)
+    datasets = []
+    for number, first in enumerate(range(0, len(subjects), size)):
+        dataset = {"namespace": "s3://training", "name": f"bench-{tag}-{number}", "version": "v1"}
+        records = [
+            {
+                "record_id": f"msg-{subject}",
+                "source_system": "inbox",
+                "subject_id": subject,
+                "category": "user.content.private",
+                "jurisdiction": "US",
+                "collected_at": collected.isoformat(),
+                "content_digest": _digest(subject),
+            }
+            for subject in subjects[first : first + size]
+        ]
+        registration = {
+            "dataset": dataset,
+            "purpose": "ai.training.generative",
+            "created_at": (collected + timedelta(days=1)).isoformat(),
+            "records": records,
+        }
+        response = await client.post(
+            f"{stack.registry}/api/v1/dataset-versions", json=registration, timeout=600
+        )
+        response.raise_for_status()
+        datasets.append(dataset)
+    return datasets
+
+
+async def report_training_run(
+    client: httpx.AsyncClient, stack: Stack, tag: str, datasets: Sequence[dict[str, str]]
+) -> dict[str, str]:
+    """One COMPLETE run that read every dataset version and produced one model."""
+    model = {"namespace": "models://ml", "name": f"assistant-{tag}", "version": "1"}
+    run_event = {
+        "eventType": "COMPLETE",
+        "eventTime": datetime.now(UTC).isoformat(),
+        "producer": "https://github.com/OpenLineage/OpenLineage/tree/1.0.0/client/python",
+        "schemaURL": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent",
+        "run": {"runId": str(uuid.uuid4())},
+        "job": {"namespace": "ml-pipelines", "name": "train-assistant"},
+        "inputs": [_ol_dataset(d, "DATASET") for d in datasets],
+        "outputs": [_ol_dataset(model, "MODEL")],
+    }
+    response = await client.post(f"{stack.lineage}/api/v1/lineage", json=run_event)
+    response.raise_for_status()
+    return model
+
+
+# ------------------------------------------------------------------------------ timed part
+
+
+@dataclass
+class Intake:
+    """What the load generator saw."""
+
+    accepted: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    lag: list[float] = field(default_factory=list)
+    """How late each request left against its schedule (client or concurrency bound)."""
+    first_sent: float = 0.0
+    last_sent: float = 0.0
+    last_done: float = 0.0
+
+
+async def post_withdrawals(
+    client: httpx.AsyncClient,
+    stack: Stack,
+    subjects: Sequence[str],
+    rate: float,
+    concurrency: int,
+) -> Intake:
+    """Open loop: request ``i`` is due at ``start + i / rate``, ``concurrency`` in flight."""
+    intake = Intake()
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(subject: str) -> None:
+        sent = time.perf_counter()
+        try:
+            await withdraw(client, stack, subject)
+        except (httpx.HTTPError, KeyError) as exc:
+            intake.failed.append(f"{subject}: {exc!r}")
+        else:
+            intake.accepted.append(subject)
+            intake.latencies.append(time.perf_counter() - sent)
+        finally:
+            intake.last_done = max(intake.last_done, time.perf_counter())
+            slots.release()
+
+    tasks = []
+    start = time.perf_counter()
+    for i, subject in enumerate(subjects):
+        due = start + i / rate
+        if (delay := due - time.perf_counter()) > 0:
+            await asyncio.sleep(delay)
+        await slots.acquire()
+        now = time.perf_counter()
+        intake.lag.append(max(0.0, now - due))
+        intake.first_sent = intake.first_sent or now
+        intake.last_sent = now
+        tasks.append(asyncio.create_task(one(subject)))
+    await asyncio.gather(*tasks)
+    return intake
+
+
+async def wait_for_count(
+    pool: asyncpg.Pool, query: str, expected: int, within: float, *args: Any
+) -> tuple[int, bool]:
+    """Poll ``query`` (a count) until it reaches ``expected``; (last count, reached)."""
+    deadline = time.monotonic() + within
+    while True:
+        count = int(await pool.fetchval(query, *args))
+        if count >= expected:
+            return count, True
+        if time.monotonic() > deadline:
+            return count, False
+        await asyncio.sleep(0.1)
+
+
+_CE_ID = "convert_from(header_values[array_position(header_names, 'ce_id')], 'UTF8')"
+
+
+async def path_timestamps(pools: dict[str, asyncpg.Pool], subjects: Sequence[str]) -> list[Row]:
+    """Per withdrawal of ``subjects``: the timestamps each service recorded along the path.
+
+    consent recorded_at (consent process clock, at intake) → consent outbox published_at
+    (relay claim) → registry inbox processed_at (handler transaction start) → registry outbox
+    published_at of the finding → lineage inbox processed_at → model_flags.recorded_at.
+    Postgres ``now()`` is the transaction start; all clocks are the same host's.
+    """
+    consent = await pools["consent"].fetch(
+        f"""
+        SELECT e.consent_event_id::text AS id, e.recorded_at, o.published_at
+        FROM consent_events e
+        LEFT JOIN outbox o ON o.topic = $2 AND {_CE_ID} = e.consent_event_id::text
+        WHERE e.subject_id = ANY($1::text[])
+        """,
+        list(subjects),
+        CONSENT_TOPIC,
+    )
+    ids = [r["id"] for r in consent]
+    registry = await pools["registry"].fetch(
+        f"""
+        SELECT f.body->'cause_event_ids'->>0 AS cause, f.finding_id::text AS finding,
+               i.processed_at AS handled_at, o.published_at
+        FROM findings f
+        LEFT JOIN inbox i ON i.event_id = f.body->'cause_event_ids'->>0
+        LEFT JOIN outbox o ON o.topic = $2 AND {_CE_ID} = f.finding_id::text
+        WHERE f.body->'cause_event_ids'->>0 = ANY($1::text[])
+        """,
+        ids,
+        FINDINGS_TOPIC,
+    )
+    findings = [r["finding"] for r in registry]
+    lineage = await pools["lineage"].fetch(
+        """
+        SELECT f.finding_id::text AS finding, f.recorded_at, i.processed_at AS handled_at
+        FROM model_flags f LEFT JOIN inbox i ON i.event_id = f.finding_id::text
+        WHERE f.finding_id::text = ANY($1::text[])
+        """,
+        findings,
+    )
+    by_cause = {r["cause"]: r for r in registry}
+    by_finding = {r["finding"]: r for r in lineage}
+    rows = []
+    for c in consent:
+        finding = by_cause.get(c["id"])
+        flag = by_finding.get(finding["finding"]) if finding else None
+        rows.append(
+            {
+                "intake": c["recorded_at"],
+                "consent_relayed": c["published_at"],
+                "registry_handled": finding["handled_at"] if finding else None,
+                "registry_relayed": finding["published_at"] if finding else None,
+                "lineage_handled": flag["handled_at"] if flag else None,
+                "flagged": flag["recorded_at"] if flag else None,
+            }
+        )
+    return rows
+
+
+STAGES = (
+    ("consent intake → relay claim", "intake", "consent_relayed"),
+    ("relay → registry handler (Kafka hop)", "consent_relayed", "registry_handled"),
+    ("registry handler → relay claim", "registry_handled", "registry_relayed"),
+    ("relay → lineage handler (Kafka hop)", "registry_relayed", "lineage_handled"),
+)
+
+
+def _between(rows: Sequence[Row], start: str, end: str) -> list[float]:
+    return [
+        (r[end] - r[start]).total_seconds()
+        for r in rows
+        if r[start] is not None and r[end] is not None
+    ]
+
+
+async def timed_run(
+    number: int,
+    client: httpx.AsyncClient,
+    stack: Stack,
+    pools: dict[str, asyncpg.Pool],
+    subjects: Sequence[str],
+    flags_before: int,
+    args: argparse.Namespace,
+) -> Row:
+    intake = await post_withdrawals(client, stack, subjects, args.rate, args.concurrency)
+    expected = flags_before + len(intake.accepted)
+    timeout = 60 + DRAIN_S_PER_WITHDRAWAL * len(subjects)
+    flags_now, complete = await wait_for_count(
+        pools["lineage"], "SELECT count(*) FROM model_flags", expected, timeout
+    )
+    rows = await path_timestamps(pools, intake.accepted)
+    flagged = [r for r in rows if r["flagged"] is not None]
+    e2e = _between(flagged, "intake", "flagged")
+    throughput = None
+    if flagged:
+        span = max(r["flagged"] for r in flagged) - min(r["intake"] for r in rows)
+        throughput = len(flagged) / span.total_seconds()
+    sending = intake.last_sent - intake.first_sent
+    return {
+        "run": number,
+        "withdrawals": len(subjects),
+        "accepted": len(intake.accepted),
+        "failed": len(intake.failed),
+        "failures_sample": intake.failed[:5],
+        "flags": len(flagged),
+        "complete": complete and len(flagged) == len(intake.accepted),
+        "target_rate": args.rate,
+        "sent_per_s": (len(subjects) - 1) / sending if sending > 0 else None,
+        "schedule_lag_ms": summary_ms(intake.lag),
+        "intake_ms": summary_ms(intake.latencies),
+        "latency_ms": summary_ms(e2e),
+        "throughput_per_s": throughput,
+        "stages_ms": {name: summary_ms(_between(flagged, a, b)) for name, a, b in STAGES},
+        "flags_total_after": flags_now,
+    }
+
+
+# ---------------------------------------------------------------------------------- stack
+
+
+@dataclass
+class Bench:
+    """Everything started, so that everything is stopped."""
+
+    tag: str
+    work_dir: Path
+    server_url: str
+    broker: embedded.TansuBroker | None = None
+    bootstrap: str = ""
+    databases: list[str] = field(default_factory=list)
+    services: list[ServiceProcess] = field(default_factory=list)
+
+    def url(self, name: str) -> str:
+        return embedded.database_url_for(self.server_url, f"bench_{self.tag}_{name}")
+
+    def start_infrastructure(self) -> None:
+        explicit = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+        if explicit:
+            self.bootstrap = explicit
+        else:
+            self.broker = embedded.TansuBroker(log_path=self.work_dir / "tansu.log").start()
+            self.bootstrap = self.broker.bootstrap_servers
+        names = [f"bench_{self.tag}_{n}" for n in (*SERVICES, "scratch")]
+        self.databases = names
+        embedded.create_databases_sync(self.server_url, names)
+
+    def start_services(self) -> Stack:
+        idempotence = self.broker is None and embedded.env_flag(
+            os.environ, "KAFKA_ENABLE_IDEMPOTENCE", True
+        )
+        for name in SERVICES:
+            migrate_service(name, self.url(name))
+            self.services.append(
+                ServiceProcess(
+                    name,
+                    self.url(name),
+                    self.bootstrap,
+                    self.work_dir,
+                    idempotence=idempotence,
+                    group_prefix=f"bench-{self.tag}",
+                ).start()
+            )
+        for service in self.services:
+            service.wait_ready()
+        return Stack(*(s.url for s in self.services))
+
+    def stop(self) -> None:
+        for service in self.services:
+            with contextlib.suppress(Exception):
+                service.stop()
+        if self.databases:
+            try:
+                embedded.drop_databases_sync(self.server_url, self.databases, force=True)
+            except Exception as exc:
+                print(f"could not drop databases {self.databases}: {exc!r}", file=sys.stderr)
+        if self.broker is not None:
+            self.broker.stop()
+
+
+def postgres_server_url() -> str:
+    explicit = os.environ.get("DATABASE_URL", "").strip()
+    return embedded.database_url_for(explicit or embedded.DEFAULT_SERVER_URL, "postgres")
+
+
+async def measure(bench: Bench, args: argparse.Namespace, log: Callable[[str], None]) -> Row:
+    log("machine limits: Kafka …")
+    kafka = await kafka_limits(bench.bootstrap, bench.tag, args.kafka_messages)
+    log("machine limits: Postgres …")
+    postgres = await postgres_limits(bench.url("scratch"))
+    log("starting the four services …")
+    stack = await asyncio.to_thread(bench.start_services)
+
+    dsn = {name: bench.url(name) for name in SERVICES}
+    pools = {n: await asyncpg.create_pool(dsn[n], min_size=1, max_size=2) for n in dsn}
+    limits = httpx.Limits(
+        max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+    )
+    try:
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+            return await _measure_on_stack(bench, args, log, stack, pools, client, kafka, postgres)
+    finally:
+        for pool in pools.values():
+            await pool.close()
+
+
+async def _measure_on_stack(
+    bench: Bench,
+    args: argparse.Namespace,
+    log: Callable[[str], None],
+    stack: Stack,
+    pools: dict[str, asyncpg.Pool],
+    client: httpx.AsyncClient,
+    kafka: Row,
+    postgres: Row,
+) -> Row:
+    n, k, warmup = args.withdrawals, args.runs, args.warmup
+    subjects = subject_ids(bench.tag, 0, warmup + n * k)
+    log("setup: policy …")
+    await publish_policy(client, stack)
+    await poll(lambda: policy_known_to_registry(client, stack), 60)
+    log(f"setup: {len(subjects)} subjects, one private message each …")
+    started = time.perf_counter()
+    datasets = await register_subjects(client, stack, bench.tag, subjects)
+    registration_s = time.perf_counter() - started
+    await report_training_run(client, stack, bench.tag, datasets)
+
+    log(f"warm-up: {warmup} withdrawals (topics, consumer groups, connection pools) …")
+    warm = await post_withdrawals(client, stack, subjects[:warmup], 20, 8)
+    flags, ok = await wait_for_count(
+        pools["lineage"], "SELECT count(*) FROM model_flags", len(warm.accepted), 120
+    )
+    if not ok:
+        raise RuntimeError(f"warm-up: {flags} of {len(warm.accepted)} flags after 120 s")
+
+    runs: list[Row] = []
+    for number in range(1, k + 1):
+        batch = subjects[warmup + (number - 1) * n : warmup + number * n]
+        log(f"run {number}/{k}: {n} withdrawals at {args.rate:g}/s …")
+        result = await timed_run(number, client, stack, pools, batch, flags, args)
+        runs.append(result)
+        flags = result["flags_total_after"]
+        print_run(result)
+        if not result["complete"]:
+            log(f"run {number} incomplete ({result['flags']} flags): no further runs")
+            break
+        # Let deletion (off the measured path, same machine) drain before the next run.
+        await wait_for_count(
+            pools["deletion"],
+            "SELECT count(*) FROM inbox WHERE topic = $1",
+            flags,
+            60 + DRAIN_S_PER_WITHDRAWAL * n,
+            FLAGS_TOPIC,
+        )
+    return {
+        "setup": {"subjects": len(subjects), "datasets": len(datasets), "seconds": registration_s},
+        "runs": runs,
+        "median": medians(runs),
+        "limits": {"kafka": kafka, "postgres": postgres},
+    }
+
+
+def medians(runs: Sequence[Row]) -> Row:
+    """The median across runs of every per-run figure (a median of p99s, not a pooled p99)."""
+
+    def over(*path: str) -> float | None:
+        values = []
+        for run in runs:
+            value: Any = run
+            for key in path:
+                value = value[key]
+            values.append(value)
+        return median_of(values)
+
+    quantiles = ("p50", "p90", "p99", "max")
+    return {
+        "sent_per_s": over("sent_per_s"),
+        "throughput_per_s": over("throughput_per_s"),
+        "latency_ms": {q: over("latency_ms", q) for q in quantiles},
+        "intake_ms": {q: over("intake_ms", q) for q in quantiles},
+        "stages_ms": {
+            name: {q: over("stages_ms", name, q) for q in quantiles} for name, _, _ in STAGES
+        },
+    }
+
+
+# --------------------------------------------------------------------------------- output
+
+
+def _f(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+RUN_HEADER = (
+    f"{'run':>6} {'sent/s':>8} {'intake p50/p99 ms':>18} {'e2e p50':>8} {'p90':>7} {'p99':>7}"
+    f" {'max':>7} {'flags/s':>8}  flags"
+)
+
+
+def _run_line(label: str, r: Row) -> str:
+    lat, intake = r["latency_ms"], r["intake_ms"]
+    flags = f"{r['flags']}/{r['withdrawals']}" if "flags" in r else ""
+    return (
+        f"{label:>6} {_f(r['sent_per_s'], 1):>8}"
+        f" {_f(intake['p50'], 1) + ' / ' + _f(intake['p99'], 1):>18}"
+        f" {_f(lat['p50']):>8} {_f(lat['p90']):>7} {_f(lat['p99']):>7} {_f(lat['max']):>7}"
+        f" {_f(r['throughput_per_s'], 1):>8}  {flags}"
+    )
+
+
+def print_run(r: Row) -> None:
+    print(RUN_HEADER)
+    print(_run_line(str(r["run"]), r))
+    lag = r["schedule_lag_ms"]
+    if (lag["p99"] or 0) > 50:
+        print(f"{'':>6} client fell behind its schedule: lag p99 {_f(lag['p99'])} ms")
+
+
+def _limit(label: str, rate: float, unit: str, each_ms: float | None = None) -> str:
+    each = f" ({_f(each_ms, 2)} ms each)" if each_ms is not None else ""
+    return f"  {label:<44}{_f(rate):>10} {unit}{each}"
+
+
+def report(result: Row, meta: Row) -> str:
+    lines = [
+        "",
+        f"ConsentTrace withdrawal → model flag   {meta['started_at']}",
+        f"N={meta['withdrawals']} withdrawals/run at {meta['rate']:g}/s target,"
+        f" {len(result['runs'])} run(s), ≤{meta['concurrency']} requests in flight",
+        f"broker {meta['broker']}   Postgres {result['limits']['postgres']['server_version']}"
+        f" ({meta['postgres']})   {meta['cpus']} CPUs   load {meta['load_before']}",
+        "",
+        RUN_HEADER,
+        *(_run_line(str(r["run"]), r) for r in result["runs"]),
+        _run_line("median", result["median"]),
+        "",
+        "where the time goes (median over runs; p50 / p99 ms)",
+    ]
+    for name, _, _ in STAGES:
+        stage = result["median"]["stages_ms"][name]
+        lines.append(f"  {name:<40} {_f(stage['p50'], 1):>8} / {_f(stage['p99'], 1)}")
+    kafka, pg = result["limits"]["kafka"], result["limits"]["postgres"]
+    commit = kafka["commit"]
+    hop = kafka["hop"]
+    lines += [
+        "",
+        "machine limits (same broker, same Postgres, this run)",
+        _limit("Kafka produce, send + gather (relay-like)", kafka["produce_send_per_s"], "msg/s"),
+        _limit("Kafka produce, batch API", kafka["produce_batch_per_s"], "msg/s"),
+        _limit("Kafka consume, no group", kafka["consume_per_s"], "msg/s"),
+        f"  {'Kafka one hop, produce → getone p50 / p99':<44}"
+        f"{_f(hop['p50'], 1):>10} / {_f(hop['p99'], 1)} ms",
+        _limit("Kafka offset commit, one at a time", commit["per_s"], "/s", commit["mean_ms"])
+        if "per_s" in commit
+        else f"  {'Kafka offset commit, one at a time':<44}failed: {commit['error']}",
+        _limit(
+            "Postgres INSERT + COMMIT, 1 row per txn",
+            pg["insert_commit_per_s"],
+            "/s",
+            pg["insert_commit_mean_ms"],
+        ),
+        _limit("Postgres COPY", pg["copy_rows_per_s"], "rows/s"),
+        f"  (synchronous_commit={pg['synchronous_commit']}, fsync={pg['fsync']})",
+    ]
+    return "\n".join(lines)
+
+
+def write_json(result: Row, meta: Row) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"withdrawal_latency-{meta['started_at'].replace(':', '')}.json"
+    path.write_text(json.dumps({"meta": meta, **result}, indent=2, default=str) + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Consent withdrawal → model flag latency and throughput on the real stack."
+    )
+    parser.add_argument("--withdrawals", "-n", type=int, default=2000, help="per run (2000)")
+    parser.add_argument("--rate", "-r", type=float, default=200, help="target withdrawals/s (200)")
+    parser.add_argument("--runs", "-k", type=int, default=3, help="timed runs (3)")
+    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (64)")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed withdrawals first (20)")
+    parser.add_argument(
+        "--kafka-messages", type=int, default=100_000, help="for the raw Kafka limits (100000)"
+    )
+    parser.add_argument("--keep-logs", action="store_true", help="keep the service logs")
+    args = parser.parse_args(argv)
+    if args.withdrawals < 1 or args.runs < 1 or args.rate <= 0 or args.concurrency < 1:
+        parser.error("--withdrawals, --runs, --concurrency must be ≥ 1 and --rate > 0")
+    return args
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends the run like Ctrl-C, so that everything started is stopped."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def log(line: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+    tag = uuid.uuid4().hex[:8]
+    work_dir = Path(tempfile.mkdtemp(prefix=f"ct-bench-{tag}-"))
+    bench = Bench(tag, work_dir, postgres_server_url())
+    meta: Row = {
+        "started_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "withdrawals": args.withdrawals,
+        "rate": args.rate,
+        "runs": args.runs,
+        "concurrency": args.concurrency,
+        "warmup": args.warmup,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "postgres": bench.server_url.rsplit("@", 1)[-1],
+    }
+    failed = True
+    with sigterm_as_interrupt():
+        try:
+            log(f"infrastructure (logs in {work_dir}) …")
+            bench.start_infrastructure()
+            meta["broker"] = (
+                f"Tansu {bench.bootstrap} (embedded)" if bench.broker else bench.bootstrap
+            )
+            result = asyncio.run(measure(bench, args, log))
+            meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+            print(report(result, meta))
+            print(f"\nJSON: {write_json(result, meta).relative_to(REPO_ROOT)}")
+            failed = False
+        except KeyboardInterrupt:
+            log("interrupted: stopping everything")
+        finally:
+            bench.stop()
+            if failed or args.keep_logs:
+                log(f"logs kept in {work_dir}")
+            else:
+                shutil.rmtree(work_dir, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""The consumer's decisions, wired through FastStream's in-memory broker with a fake pool:
+process once, drop duplicates, dead-letter bad bytes, retry transients, give up on bugs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from uuid import uuid4
+
+import asyncpg
+import pytest
+from faststream.kafka import KafkaBroker, TestKafkaBroker
+
+from contracts.events import ConsentEvent, ConsentEvidence, ConsentMechanism, ConsentState
+from contracts.topics import CONSENT_EVENTS
+from services.runtime.consumer import EventConsumer, Subscription
+from services.runtime.errors import PermanentError
+from services.runtime.messages import Event, encode_event
+from services.runtime.settings import ServiceSettings
+from services.runtime.testing import FakePool
+from services.runtime.unit_of_work import UnitOfWork
+
+SETTINGS = ServiceSettings(
+    service_name="unit",
+    retry_initial_backoff_s=0.001,
+    retry_max_backoff_s=0.002,
+    handler_max_attempts=3,
+)
+
+
+def consent_event() -> ConsentEvent:
+    return ConsentEvent(
+        consent_event_id=uuid4(),
+        subject_id="s-1",
+        jurisdiction="US",
+        purpose="ai.training",
+        data_categories=("user.content",),
+        state=ConsentState.WITHDRAWN,
+        mechanism=ConsentMechanism.OPT_OUT,
+        policy_version="1",
+        effective_at=datetime(2025, 1, 1, tzinfo=UTC),
+        recorded_at=datetime(2025, 1, 1, tzinfo=UTC),
+        source_system="test",
+        evidence=ConsentEvidence(collection_point="test"),
+    )
+
+
+class Recorder:
+    """A handler that records what it saw and publishes one event per call."""
+
+    def __init__(self, failures: list[BaseException] | None = None) -> None:
+        self.seen: list[str] = []
+        self.failures = failures or []
+
+    async def __call__(self, event: Event[Any], uow: UnitOfWork) -> None:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.seen.append(event.id)
+        uow.publish(CONSENT_EVENTS, event.body, key="s-1")
+
+
+@pytest.fixture
+def pool() -> FakePool:
+    return FakePool()
+
+
+async def deliver(
+    handler: Recorder, pool: FakePool, *messages: tuple[bytes, list[tuple[str, bytes]]]
+) -> None:
+    broker = KafkaBroker()
+    consumer = EventConsumer(SETTINGS, lambda: pool, "/unit")  # type: ignore[arg-type, return-value]
+    consumer.register(broker, Subscription(CONSENT_EVENTS, handler))
+    async with TestKafkaBroker(broker) as test_broker:
+        for value, headers in messages:
+            await test_broker.publish(
+                value, CONSENT_EVENTS.name, key=b"s-1", headers={k: v.decode() for k, v in headers}
+            )
+
+
+def good() -> tuple[bytes, list[tuple[str, bytes]]]:
+    message = encode_event(CONSENT_EVENTS, consent_event(), key="s-1", source="/unit")
+    return message.value, list(message.headers)
+
+
+async def test_an_event_is_handled_once_and_its_duplicate_changes_nothing(pool: FakePool) -> None:
+    handler = Recorder()
+    message = good()
+    await deliver(handler, pool, message, message)
+    assert len(handler.seen) == 1
+    assert pool.outbox_topics() == [CONSENT_EVENTS.name]
+
+
+async def test_bad_bytes_are_dead_lettered_and_the_next_message_is_processed(
+    pool: FakePool,
+) -> None:
+    handler = Recorder()
+    value, headers = good()
+    await deliver(handler, pool, (b"\x00not json", headers), (value, headers))
+    assert pool.outbox_topics() == [CONSENT_EVENTS.dlq, CONSENT_EVENTS.name]
+    dead = pool.outbox[0]
+    assert dead[2] == b"\x00not json"
+    assert ("dlq_reason", b"contract_violation") in zip(dead[3], dead[4], strict=True)
+    assert len(handler.seen) == 1
+
+
+async def test_transient_failures_are_retried_until_they_pass(pool: FakePool) -> None:
+    pool.failures = [ConnectionRefusedError(), asyncpg.exceptions.CannotConnectNowError()] * 3
+    handler = Recorder()
+    await deliver(handler, pool, good())
+    assert len(handler.seen) == 1, "six transient failures, more than handler_max_attempts"
+    assert pool.outbox_topics() == [CONSENT_EVENTS.name]
+
+
+async def test_an_unexpected_error_is_retried_then_dead_lettered(pool: FakePool) -> None:
+    handler = Recorder(failures=[KeyError("bug")] * SETTINGS.handler_max_attempts)
+    await deliver(handler, pool, good(), good())
+    assert pool.outbox_topics() == [CONSENT_EVENTS.dlq, CONSENT_EVENTS.name]
+    headers = dict(zip(pool.outbox[0][3], pool.outbox[0][4], strict=True))
+    assert headers["dlq_reason"] == b"handler_error"
+    assert headers["dlq_exception"] == b"builtins.KeyError"
+    assert len(handler.seen) == 1
+
+
+async def test_a_permanent_error_is_dead_lettered_at_once(pool: FakePool) -> None:
+    handler = Recorder(failures=[PermanentError("never valid")])
+    await deliver(handler, pool, good())
+    assert pool.outbox_topics() == [CONSENT_EVENTS.dlq]
+    assert handler.seen == []
+
+
+async def test_subscribers_acknowledge_manually_in_a_group_per_topic() -> None:
+    broker = KafkaBroker()
+    EventConsumer(SETTINGS, lambda: FakePool(), "/unit").register(  # type: ignore[arg-type, return-value]
+        broker, Subscription(CONSENT_EVENTS, Recorder())
+    )
+    (subscriber,) = broker.subscribers
+    assert subscriber.ack_policy.value == "manual", "offsets move only after the commit"
+    assert subscriber.group_id == f"consenttrace.unit.{CONSENT_EVENTS.name}"
+    assert subscriber._connection_args["auto_offset_reset"] == "earliest"
+    assert subscriber._connection_args["enable_auto_commit"] is False
