@@ -11,7 +11,7 @@ help:  ## list targets
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
+	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
 
 install: $(BIN)/python  ## install everything for development (pinned by requirements.lock)
 	$(BIN)/pip install --quiet -c requirements.lock -e ".[dev]"
