@@ -164,19 +164,30 @@ async def kafka_limits(bootstrap: str, tag: str, messages: int) -> Row:
     finally:
         await consumer.stop()
 
-    out["hop"] = await kafka_hop_latency(bootstrap, f"bench.hop.{tag}")
+    out["hop"] = await kafka_hop_latency(bootstrap, f"bench.hop.{tag}", fetch_max_wait_ms=500)
+    out["hop_fetch_wait_10ms"] = await kafka_hop_latency(
+        bootstrap, f"bench.hop10.{tag}", fetch_max_wait_ms=10
+    )
     out["commit"] = await kafka_commit_rate(bootstrap, topic, partitions[0], f"bench-{tag}")
     return out
 
 
-async def kafka_hop_latency(bootstrap: str, topic: str, count: int = 200, rate: float = 50) -> Row:
-    """One message produced → the same message returned by ``getone()`` (default fetch settings).
+async def kafka_hop_latency(
+    bootstrap: str, topic: str, *, fetch_max_wait_ms: int, count: int = 200, rate: float = 50
+) -> Row:
+    """One message produced → the same message returned by ``getone()``, at ``rate``/s.
 
-    The services' subscribers run aiokafka with ``fetch_max_wait_ms=500`` and ``getone()``;
-    this is the floor one Kafka hop of the event path costs, before any processing.
+    The services' subscribers run ``getone()`` with FastStream's ``fetch_max_wait_ms=500``:
+    with 500 this is the floor one Kafka hop of the event path costs, before any processing.
+    A broker that answers a waiting fetch as soon as data arrives makes it independent of
+    ``fetch_max_wait_ms``; one that sits out the wait does not (compare with 10).
     """
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=fetch_max_wait_ms,
+    )
     await producer.start()
     await consumer.start()
     latencies: list[float] = []
@@ -266,6 +277,70 @@ async def postgres_limits(dsn: str, commit_rows: int = 2000, copy_rows: int = 20
         return out
     finally:
         await conn.close()
+
+
+# ------------------------------------------------------------------------- CPU accounting
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of one process (Linux ``/proc``), None when unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds all CPUs spent not idle since boot (``/proc/stat``), None when unknown."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return (sum(values[:8]) - idle) / _TICK
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds per component over a window: services, their Postgres backends, broker."""
+
+    pids: dict[str, int]
+    postgres: asyncpg.Pool
+    databases: list[str]
+
+    async def sample(self) -> dict[str, Any]:
+        backends = await self.postgres.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = ANY($1::text[])", self.databases
+        )
+        return {
+            "procs": {name: process_cpu_s(pid) for name, pid in self.pids.items()},
+            "backends": {r["pid"]: process_cpu_s(r["pid"]) for r in backends},
+            "bench client": time.process_time(),
+            "machine": machine_busy_s(),
+            "wall": time.perf_counter(),
+        }
+
+    @staticmethod
+    def usage(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float | None]:
+        """CPU seconds used between two samples, per component (None when unknown)."""
+
+        def delta(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else b - a
+
+        out = {name: delta(before["procs"][name], t) for name, t in after["procs"].items()}
+        # Backends opened during the window count whole; ones closed in it are lost.
+        out["postgres (our databases)"] = sum(
+            t - (before["backends"].get(pid) or 0.0)
+            for pid, t in after["backends"].items()
+            if t is not None
+        )
+        out["bench client"] = after["bench client"] - before["bench client"]
+        out["machine (all processes)"] = delta(before["machine"], after["machine"])
+        out["wall"] = after["wall"] - before["wall"]
+        return out
 
 
 # ---------------------------------------------------------------------------------- setup
@@ -467,6 +542,20 @@ async def path_timestamps(pools: dict[str, asyncpg.Pool], subjects: Sequence[str
     return rows
 
 
+def cpu_figures(used: dict[str, float | None], withdrawals: int) -> dict[str, Row]:
+    """CPU per component: seconds, ms per withdrawal, and % of one CPU over the window."""
+    wall = used.pop("wall") or 1.0
+    return {
+        name: {
+            "seconds": seconds,
+            "ms_per_withdrawal": seconds / withdrawals * 1e3 if withdrawals else None,
+            "percent_of_one_cpu": seconds / wall * 100,
+        }
+        for name, seconds in used.items()
+        if seconds is not None
+    }
+
+
 STAGES = (
     ("consent intake → relay claim", "intake", "consent_relayed"),
     ("relay → registry handler (Kafka hop)", "consent_relayed", "registry_handled"),
@@ -491,13 +580,16 @@ async def timed_run(
     subjects: Sequence[str],
     flags_before: int,
     args: argparse.Namespace,
+    cpu: CpuMeter,
 ) -> Row:
+    cpu_before = await cpu.sample()
     intake = await post_withdrawals(client, stack, subjects, args.rate, args.concurrency)
     expected = flags_before + len(intake.accepted)
     timeout = 60 + DRAIN_S_PER_WITHDRAWAL * len(subjects)
     flags_now, complete = await wait_for_count(
         pools["lineage"], "SELECT count(*) FROM model_flags", expected, timeout
     )
+    cpu_used = CpuMeter.usage(cpu_before, await cpu.sample())
     rows = await path_timestamps(pools, intake.accepted)
     flagged = [r for r in rows if r["flagged"] is not None]
     e2e = _between(flagged, "intake", "flagged")
@@ -522,6 +614,7 @@ async def timed_run(
         "throughput_per_s": throughput,
         "stages_ms": {name: summary_ms(_between(flagged, a, b)) for name, a, b in STAGES},
         "flags_total_after": flags_now,
+        "cpu": cpu_figures(cpu_used, len(intake.accepted)),
     }
 
 
@@ -600,17 +693,28 @@ async def measure(bench: Bench, args: argparse.Namespace, log: Callable[[str], N
     log("starting the four services …")
     stack = await asyncio.to_thread(bench.start_services)
 
-    dsn = {name: bench.url(name) for name in SERVICES}
-    pools = {n: await asyncpg.create_pool(dsn[n], min_size=1, max_size=2) for n in dsn}
+    pools = {
+        name: await asyncpg.create_pool(bench.url(name), min_size=1, max_size=2)
+        for name in (*SERVICES, "scratch")
+    }
+    pids = {s.name: s.proc.pid for s in bench.services if s.proc is not None}
+    if bench.broker is not None and bench.broker.pid is not None:
+        pids["tansu"] = bench.broker.pid
+    cpu = CpuMeter(pids, pools["scratch"], bench.databases[: len(SERVICES)])
+    # Idle connections are dropped before uvicorn's 5 s keep-alive timeout closes them: reusing
+    # one the server is closing fails the request (ReadError) after a pause between runs.
     limits = httpx.Limits(
-        max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+        max_connections=args.concurrency,
+        max_keepalive_connections=args.concurrency,
+        keepalive_expiry=2.0,
     )
     try:
         async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-            return await _measure_on_stack(bench, args, log, stack, pools, client, kafka, postgres)
+            result = await _measure_on_stack(bench, args, log, stack, pools, client, cpu)
     finally:
         for pool in pools.values():
             await pool.close()
+    return {**result, "limits": {"kafka": kafka, "postgres": postgres}}
 
 
 async def _measure_on_stack(
@@ -620,8 +724,7 @@ async def _measure_on_stack(
     stack: Stack,
     pools: dict[str, asyncpg.Pool],
     client: httpx.AsyncClient,
-    kafka: Row,
-    postgres: Row,
+    cpu: CpuMeter,
 ) -> Row:
     n, k, warmup = args.withdrawals, args.runs, args.warmup
     subjects = subject_ids(bench.tag, 0, warmup + n * k)
@@ -646,7 +749,7 @@ async def _measure_on_stack(
     for number in range(1, k + 1):
         batch = subjects[warmup + (number - 1) * n : warmup + number * n]
         log(f"run {number}/{k}: {n} withdrawals at {args.rate:g}/s …")
-        result = await timed_run(number, client, stack, pools, batch, flags, args)
+        result = await timed_run(number, client, stack, pools, batch, flags, args, cpu)
         runs.append(result)
         flags = result["flags_total_after"]
         print_run(result)
@@ -665,7 +768,6 @@ async def _measure_on_stack(
         "setup": {"subjects": len(subjects), "datasets": len(datasets), "seconds": registration_s},
         "runs": runs,
         "median": medians(runs),
-        "limits": {"kafka": kafka, "postgres": postgres},
     }
 
 
@@ -689,6 +791,11 @@ def medians(runs: Sequence[Row]) -> Row:
         "intake_ms": {q: over("intake_ms", q) for q in quantiles},
         "stages_ms": {
             name: {q: over("stages_ms", name, q) for q in quantiles} for name, _, _ in STAGES
+        },
+        "cpu": {
+            name: {f: over("cpu", name, f) for f in ("ms_per_withdrawal", "percent_of_one_cpu")}
+            for name in runs[0]["cpu"]
+            if all(name in r["cpu"] for r in runs)
         },
     }
 
@@ -748,17 +855,25 @@ def report(result: Row, meta: Row) -> str:
     for name, _, _ in STAGES:
         stage = result["median"]["stages_ms"][name]
         lines.append(f"  {name:<40} {_f(stage['p50'], 1):>8} / {_f(stage['p99'], 1)}")
+    lines += ["", "CPU while a run was in flight (median; CPU ms per withdrawal, % of one CPU)"]
+    for name, figures in result["median"]["cpu"].items():
+        lines.append(
+            f"  {name:<40} {_f(figures['ms_per_withdrawal'], 2):>8} ms"
+            f" {_f(figures['percent_of_one_cpu']):>6} %"
+        )
     kafka, pg = result["limits"]["kafka"], result["limits"]["postgres"]
     commit = kafka["commit"]
-    hop = kafka["hop"]
+    hop, hop10 = kafka["hop"], kafka["hop_fetch_wait_10ms"]
     lines += [
         "",
         "machine limits (same broker, same Postgres, this run)",
         _limit("Kafka produce, send + gather (relay-like)", kafka["produce_send_per_s"], "msg/s"),
         _limit("Kafka produce, batch API", kafka["produce_batch_per_s"], "msg/s"),
         _limit("Kafka consume, no group", kafka["consume_per_s"], "msg/s"),
-        f"  {'Kafka one hop, produce → getone p50 / p99':<44}"
-        f"{_f(hop['p50'], 1):>10} / {_f(hop['p99'], 1)} ms",
+        f"  {'Kafka one hop → getone, fetch wait 500 ms':<44}"
+        f"{_f(hop['p50'], 1):>10} / {_f(hop['p99'], 1)} ms (p50 / p99)",
+        f"  {'Kafka one hop → getone, fetch wait 10 ms':<44}"
+        f"{_f(hop10['p50'], 1):>10} / {_f(hop10['p99'], 1)} ms (p50 / p99)",
         _limit("Kafka offset commit, one at a time", commit["per_s"], "/s", commit["mean_ms"])
         if "per_s" in commit
         else f"  {'Kafka offset commit, one at a time':<44}failed: {commit['error']}",

@@ -38,6 +38,7 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     StrictStr,
     TypeAdapter,
+    WithJsonSchema,
     ValidationError,
     model_serializer,
     model_validator,
@@ -204,7 +205,9 @@ def _not_null(value: object) -> object:
 
 _NotNull = BeforeValidator(_not_null)
 
-_Uri = Annotated[StrictStr, AfterValidator(_uri)]
+_Uri = Annotated[
+    StrictStr, AfterValidator(_uri), WithJsonSchema({"type": "string", "format": "uri"})
+]
 _EventTime = Annotated[AwareDatetime, BeforeValidator(_event_time)]
 _RunId = Annotated[UUID, BeforeValidator(_run_id)]
 
@@ -250,6 +253,28 @@ def _same(parsed: object, value: object) -> bool:
     return parsed == value
 
 
+def _absent_not_null(schema: dict[str, Any]) -> None:
+    """In the JSON Schema, an optional property may be absent but not null, as in the spec.
+
+    ``_NotNull`` enforces that at validation; a validator leaves no trace in the generated
+    schema, so the schema is corrected here for non-Python producers that validate with it.
+    """
+    required = set(schema.get("required", ()))
+    for name, prop in schema.get("properties", {}).items():
+        options = prop.get("anyOf")
+        if name in required or not options:
+            continue
+        kept = [o for o in options if o != {"type": "null"}]
+        if len(kept) == len(options):
+            continue
+        prop.pop("anyOf")
+        prop.pop("default", None)
+        if len(kept) == 1:
+            prop.update(kept[0])
+        else:
+            prop["anyOf"] = kept
+
+
 class _WireModel(BaseModel):
     """Frozen, keeps unknown properties, camelCase on the wire, dumps what it received."""
 
@@ -258,6 +283,7 @@ class _WireModel(BaseModel):
         extra="allow",
         populate_by_name=True,
         serialize_by_alias=True,
+        json_schema_extra=_absent_not_null,
     )
 
     # Fields whose canonical Python value may print differently from the received text

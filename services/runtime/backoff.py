@@ -10,7 +10,7 @@ __all__ = ["backoff_delays"]
 
 def backoff_delays(initial: float, maximum: float) -> Iterator[float]:
     """Endless delays: ``initial * 2**n`` capped at ``maximum``, jittered to spread herds."""
-    ceiling = initial
+    ceiling = min(initial, maximum)
     while True:
         yield random.uniform(ceiling / 2, ceiling)
         ceiling = min(ceiling * 2, maximum)

@@ -48,8 +48,11 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         return getattr(exc, "sqlstate", None) in _TRANSIENT_SQLSTATES
     if isinstance(exc, asyncpg.InterfaceError):
-        # DataError is an InterfaceError too, but it is our bug, not the network's.
-        return not isinstance(exc, asyncpg.DataError)
+        # Client-side errors are mostly our bugs (a wrong argument count must not be retried
+        # forever); only a lost or closed connection is the network's.
+        return (
+            isinstance(exc, asyncpg.ConnectionDoesNotExistError) or "connection" in str(exc).lower()
+        )
     if isinstance(exc, OSError | asyncio.TimeoutError | KafkaConnectionError):
         return True
     return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))

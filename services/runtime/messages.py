@@ -8,7 +8,7 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from contracts.envelope import Envelope, EnvelopeError
+from contracts.envelope import SCHEMA_VERSION, Envelope, EnvelopeError
 from contracts.topics import Topic
 from services.runtime.errors import ContractViolation
 from services.runtime.outbox import OutboxMessage
@@ -68,6 +68,11 @@ def decode_event(
         raise ContractViolation(str(exc)) from exc
     if envelope.type != topic.event_type:
         raise ContractViolation(f"ce_type {envelope.type!r} is not {topic.event_type!r}")
+    if envelope.schemaversion != SCHEMA_VERSION:
+        raise ContractViolation(
+            f"ce_schemaversion {envelope.schemaversion!r} is not understood here"
+            f" (this consumer reads version {SCHEMA_VERSION})"
+        )
     if value is None:
         raise ContractViolation("empty message body (tombstone) on an event topic")
     try:

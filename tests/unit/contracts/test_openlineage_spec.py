@@ -48,10 +48,15 @@ FORMAT_CHECKER = Draft202012Validator.FORMAT_CHECKER
 
 
 def _spec_dir() -> Path:
+    """$OPENLINEAGE_SPEC_DIR, else ``shared/`` beside the checkout, else the workplace's copy."""
     configured = os.environ.get("OPENLINEAGE_SPEC_DIR")
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parents[4] / "shared" / "openlineage" / "spec"
+    candidates = [
+        Path(__file__).resolve().parents[4] / "shared" / "openlineage" / "spec",
+        Path("/work/shared/openlineage/spec"),
+    ]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
 
 
 @functools.cache

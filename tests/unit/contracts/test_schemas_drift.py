@@ -337,13 +337,6 @@ def test_openlineage_model_rejects_these_bodies(field: str, value: Any) -> None:
         parse_openlineage_event(body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: contracts/openlineage.py's _NotNull (a BeforeValidator) and _Uri (an "
-    "AfterValidator) leave no trace in model_json_schema(): optional fields render as "
-    "anyOf[..., null] and producer/schemaURL lack format: uri, so "
-    "lineage.openlineage.v1.schema.json accepts bodies the lineage consumer dead-letters",
-)
 @pytest.mark.parametrize(("field", "value"), RUN_EVENT_DEFECTS)
 def test_openlineage_schema_rejects_what_the_model_rejects(field: str, value: Any) -> None:
     body = wire_json(SAMPLE_BODIES["lineage.openlineage.v1"]) | {field: value}

@@ -201,11 +201,6 @@ def test_contract_violations_are_dead_lettered_not_retried() -> None:
     assert not is_transient(exc)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: decode_event never reads ce_schemaversion, although contracts/envelope.py "
-    "says it exists so a consumer can refuse a body it does not understand",
-)
 def test_a_body_of_an_unknown_schema_version_is_refused() -> None:
     message = consent_message()
     headers = replace_header(message, "ce_schemaversion", b"2")
@@ -275,6 +270,7 @@ def test_infrastructure_failures_are_transient(exc: BaseException) -> None:
         asyncpg.exceptions.DataError("invalid input"),
         asyncpg.exceptions.InvalidTextRepresentationError("invalid input syntax"),
         asyncpg.exceptions.UndefinedTableError("relation does not exist"),
+        asyncpg.InterfaceError("the server expects 2 arguments for this query, 1 was passed"),
         ValueError("bad"),
         KeyError("k"),
         PermanentError("no"),
@@ -325,12 +321,6 @@ def test_ceilings_double_then_stay_at_the_maximum(
     assert [low for low, _ in jitter_bounds] == pytest.approx([d / 2 for d in delays])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: backoff_delays yields `initial` uncapped as its first ceiling, so a "
-    "retry_initial_backoff_s above retry_max_backoff_s (settings allow it) sleeps longer "
-    "than the maximum",
-)
 def test_no_delay_exceeds_the_maximum_even_when_initial_is_larger(
     jitter_bounds: list[tuple[float, float]],
 ) -> None:
