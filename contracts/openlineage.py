@@ -38,8 +38,8 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     StrictStr,
     TypeAdapter,
-    WithJsonSchema,
     ValidationError,
+    WithJsonSchema,
     model_serializer,
     model_validator,
 )
