@@ -13,8 +13,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
 
-install: $(BIN)/python  ## install everything for development (pinned by requirements.lock)
+install: $(VENV)/.installed  ## install everything for development (pinned by requirements.lock)
+
+$(VENV)/.installed: pyproject.toml requirements.lock | $(BIN)/python
 	$(BIN)/pip install --quiet -c requirements.lock -e ".[dev]"
+	@touch $@
 
 dev: install  ## start the embedded stack (Tansu + local Postgres + the four services)
 	$(BIN)/python -m services.runtime.devstack up

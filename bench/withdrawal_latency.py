@@ -630,6 +630,7 @@ class Bench:
     server_url: str
     broker: embedded.TansuBroker | None = None
     bootstrap: str = ""
+    service_env: dict[str, str] = field(default_factory=dict)
     databases: list[str] = field(default_factory=list)
     services: list[ServiceProcess] = field(default_factory=list)
 
@@ -661,6 +662,7 @@ class Bench:
                     self.work_dir,
                     idempotence=idempotence,
                     group_prefix=f"bench-{self.tag}",
+                    extra_env=self.service_env,
                 ).start()
             )
         for service in self.services:
@@ -845,6 +847,11 @@ def report(result: Row, meta: Row) -> str:
         f" {len(result['runs'])} run(s), ≤{meta['concurrency']} requests in flight",
         f"broker {meta['broker']}   Postgres {result['limits']['postgres']['server_version']}"
         f" ({meta['postgres']})   {meta['cpus']} CPUs   load {meta['load_before']}",
+        *(
+            [f"service environment: {' '.join(f'{k}={v}' for k, v in meta['service_env'].items())}"]
+            if meta["service_env"]
+            else []
+        ),
         "",
         RUN_HEADER,
         *(_run_line(str(r["run"]), r) for r in result["runs"]),
@@ -911,8 +918,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--kafka-messages", type=int, default=100_000, help="for the raw Kafka limits (100000)"
     )
+    parser.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the four services, e.g. OUTBOX_POLL_INTERVAL_S=1 (repeatable)",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the service logs")
     args = parser.parse_args(argv)
+    if any("=" not in item for item in args.service_env):
+        parser.error("--service-env takes NAME=VALUE")
     if args.withdrawals < 1 or args.runs < 1 or args.rate <= 0 or args.concurrency < 1:
         parser.error("--withdrawals, --runs, --concurrency must be ≥ 1 and --rate > 0")
     return args
@@ -940,7 +956,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     tag = uuid.uuid4().hex[:8]
     work_dir = Path(tempfile.mkdtemp(prefix=f"ct-bench-{tag}-"))
-    bench = Bench(tag, work_dir, postgres_server_url())
+    service_env = dict(item.split("=", 1) for item in args.service_env)
+    bench = Bench(tag, work_dir, postgres_server_url(), service_env=service_env)
     meta: Row = {
         "started_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "withdrawals": args.withdrawals,
@@ -952,6 +969,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "python": platform.python_version(),
         "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "postgres": bench.server_url.rsplit("@", 1)[-1],
+        "service_env": service_env,
     }
     failed = True
     with sigterm_as_interrupt():

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, Response, status
 
 from contracts.base import ModelRef
 from contracts.openlineage import RunEvent
 from services.lineage.adapters.repository import LineageRepository
 from services.lineage.service.handlers import ingest_run_event
 from services.runtime.host import RuntimeDep
+from services.runtime.http import VersionFilter
 
 __all__ = ["router"]
 
@@ -32,20 +33,8 @@ async def post_lineage(event: RunEvent, runtime: RuntimeDep, response: Response)
 
 
 @router.get("/model-flags")
-async def list_flags(
-    runtime: RuntimeDep,
-    namespace: str | None = None,
-    name: str | None = None,
-    version: str | None = None,
-) -> list[dict[str, Any]]:
+async def list_flags(runtime: RuntimeDep, version: VersionFilter) -> list[dict[str, Any]]:
     """Model flags with their evidence paths, optionally for one model version."""
-    given = [v is not None for v in (namespace, name, version)]
-    if any(given) and not all(given):
-        raise HTTPException(422, "give namespace, name and version together, or none of them")
-    model = (
-        ModelRef(namespace=namespace, name=name, version=version)
-        if namespace is not None and name is not None and version is not None
-        else None
-    )
+    model = ModelRef(**version.model_dump()) if version else None
     async with runtime.pool.acquire() as conn:
         return await LineageRepository(conn).flags(model)

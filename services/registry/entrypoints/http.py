@@ -7,11 +7,11 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
 
-from contracts.base import DatasetRef
 from services.registry.adapters.repository import RegistryRepository
 from services.registry.domain.snapshots import DatasetVersionRegistration
 from services.registry.service.handlers import DatasetVersionExists, register_dataset_version
 from services.runtime.host import RuntimeDep
+from services.runtime.http import VersionFilter
 
 __all__ = ["router"]
 
@@ -32,21 +32,8 @@ async def post_dataset_version(
 
 
 @router.get("/findings")
-async def list_findings(
-    runtime: RuntimeDep,
-    namespace: str | None = None,
-    name: str | None = None,
-    version: str | None = None,
-) -> list[dict[str, Any]]:
+async def list_findings(runtime: RuntimeDep, dataset: VersionFilter) -> list[dict[str, Any]]:
     """Findings, optionally for one dataset version (namespace, name and version together)."""
-    given = [v is not None for v in (namespace, name, version)]
-    if any(given) and not all(given):
-        raise HTTPException(422, "give namespace, name and version together, or none of them")
-    dataset = (
-        DatasetRef(namespace=namespace, name=name, version=version)
-        if namespace is not None and name is not None and version is not None
-        else None
-    )
     async with runtime.pool.acquire() as conn:
         return await RegistryRepository(conn).findings(dataset)
 
