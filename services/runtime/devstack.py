@@ -380,8 +380,8 @@ def up(dev_dir: Path, *, timeout: float = 90.0, services: Sequence[str] = SERVIC
     """Bring the stack up (see the module docstring); returns the exit code."""
     existing = load_stack(dev_dir)
     if existing is not None and _stack_alive(existing):
-        print(f"A stack is already running ({stack_file(dev_dir)}): run `down` first.")
-        return 1
+        print(f"The stack is already running ({stack_file(dev_dir)}); `down` stops it.")
+        return status(dev_dir)
     log_dir = dev_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     for old_log in log_dir.glob("*.log"):  # keep one previous run, start readable logs afresh
