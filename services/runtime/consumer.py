@@ -99,7 +99,12 @@ class EventConsumer:
         )
         async def consume(message: KafkaMessage) -> None:
             record: ConsumerRecord[bytes, bytes] = message.raw_message
-            await self.process(subscription, record)
+            try:
+                await self.process(subscription, record)
+            except BaseException:
+                # Never let the next record's ack commit past this one: rewind to it.
+                await message.nack()
+                raise
             await message.ack()
 
     async def process(self, sub: Subscription, record: ConsumerRecord[bytes, bytes]) -> str:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -38,6 +38,7 @@ from services.runtime.unit_of_work import UnitOfWork, unit_of_work
 __all__ = ["RuntimeDep", "ServiceRuntime", "ServiceSpec", "create_app", "create_broker"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,6 @@ class ServiceSpec:
     subscriptions: Sequence[Subscription] = ()
     publishes: Sequence[Topic] = ()
     routers: Sequence[APIRouter] = ()
-    on_ready: Sequence[Callable[[ServiceRuntime], Awaitable[None]]] = field(default=())
 
 
 def create_broker(settings: ServiceSettings) -> KafkaBroker:
@@ -90,7 +90,7 @@ class ServiceRuntime:
     def database_connected(self) -> bool:
         return self._pool is not None
 
-    def unit_of_work(self) -> Any:
+    def unit_of_work(self) -> AbstractAsyncContextManager[UnitOfWork]:
         """A unit of work on this service's database (state + outbox in one commit)."""
         return unit_of_work(self.pool, self.source)
 
@@ -98,34 +98,42 @@ class ServiceRuntime:
         self._starter = asyncio.create_task(self._start(), name="runtime-start")
 
     async def _start(self) -> None:
+        """Postgres, then the producer and the relay, then the consumers (slowest: group joins)."""
         s = self.settings
         self._pool = await connect_pool(s)
-        delays = backoff_delays(s.retry_initial_backoff_s, s.retry_max_backoff_s)
-        while True:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=s.kafka_bootstrap_servers,
-                client_id=f"{s.service_name}-outbox",
-                acks="all",
-                enable_idempotence=s.kafka_enable_idempotence,
-                linger_ms=2,
-            )
-            try:
-                await producer.start()
-                await self.broker.start()
-            except Exception as exc:
-                await producer.stop()
-                delay = next(delays)
-                log.warning("kafka not reachable (%r); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                continue
-            break
-        self._producer = producer
-        self._relay = OutboxRelay(self._pool, producer, s)
+        self._producer = await self._retry("kafka producer", self._start_producer)
+        self._relay = OutboxRelay(self._pool, self._producer, s)
         await self._relay.start()
-        for hook in self.spec.on_ready:
-            await hook(self)
+        await self._retry("kafka consumers", self.broker.start)
         self.started.set()
         log.info("%s ready", self.spec.name)
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            client_id=f"{self.settings.service_name}-outbox",
+            acks="all",
+            enable_idempotence=self.settings.kafka_enable_idempotence,
+            linger_ms=2,
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
+
+    async def _retry(self, what: str, start: Callable[[], Awaitable[T]]) -> T:
+        delays = backoff_delays(
+            self.settings.retry_initial_backoff_s, self.settings.retry_max_backoff_s
+        )
+        while True:
+            try:
+                return await start()
+            except Exception as exc:
+                delay = next(delays)
+                log.warning("%s: broker not reachable (%r); retrying in %.1fs", what, exc, delay)
+                await asyncio.sleep(delay)
 
     async def stop(self) -> None:
         if self._starter is not None:
@@ -173,7 +181,6 @@ def runtime_of(request: Request) -> ServiceRuntime:
 
 
 RuntimeDep = Annotated[ServiceRuntime, Depends(runtime_of)]
-UnitOfWorkFactory = Callable[[], Any]
 
 
 class _TracingMiddleware(BaseHTTPMiddleware):
@@ -238,6 +245,3 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
     for router in spec.routers:
         app.include_router(router)
     return app
-
-
-__all__ += ["UnitOfWork", "UnitOfWorkFactory"]
