@@ -18,6 +18,7 @@ from typing import Annotated, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import BrokerResponseError
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from faststream.kafka import KafkaBroker
@@ -78,6 +79,7 @@ class ServiceRuntime:
         self._producer: AIOKafkaProducer | None = None
         self._relay: OutboxRelay | None = None
         self._starter: asyncio.Task[None] | None = None
+        self._startup_error: str | None = None
         self.started = asyncio.Event()
 
     @property
@@ -118,6 +120,14 @@ class ServiceRuntime:
         )
         try:
             await producer.start()
+        except BrokerResponseError as exc:
+            await producer.stop()
+            if self.settings.kafka_enable_idempotence:
+                raise RuntimeError(
+                    f"the broker refused the idempotent producer handshake ({exc!r}); Tansu 0.6"
+                    " does: set KAFKA_ENABLE_IDEMPOTENCE=false for it (keep it on with Kafka)"
+                ) from exc
+            raise
         except BaseException:
             await producer.stop()
             raise
@@ -129,11 +139,15 @@ class ServiceRuntime:
         )
         while True:
             try:
-                return await start()
+                result = await start()
             except Exception as exc:
                 delay = next(delays)
-                log.warning("%s: broker not reachable (%r); retrying in %.1fs", what, exc, delay)
+                self._startup_error = f"{what}: {exc}"
+                log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
                 await asyncio.sleep(delay)
+            else:
+                self._startup_error = None
+                return result
 
     async def stop(self) -> None:
         if self._starter is not None:
@@ -150,6 +164,8 @@ class ServiceRuntime:
     async def readiness(self) -> dict[str, str]:
         """Checks each dependency; every value must be ``"ok"`` for the service to be ready."""
         checks = {"startup": "ok" if self.started.is_set() else "starting"}
+        if self._startup_error:
+            checks["startup"] = f"starting: {self._startup_error}"[:300]
         checks["database"] = await _check(self._check_database)
         checks["broker"] = await _check(self._check_broker)
         metrics.READY.set(1 if all(v == "ok" for v in checks.values()) else 0)
