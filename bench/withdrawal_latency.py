@@ -2,8 +2,9 @@
 
     python bench/withdrawal_latency.py [--withdrawals N] [--rate R] [--runs K]
 
-Starts a Tansu broker (unless ``KAFKA_BOOTSTRAP_SERVERS`` is set), four fresh databases on
-the Postgres of ``DATABASE_URL`` (else 127.0.0.1:5432), and the four services as processes.
+Starts a Tansu broker (unless ``KAFKA_BOOTSTRAP_SERVERS`` is set), five fresh databases on
+the Postgres of ``DATABASE_URL`` (else 127.0.0.1:5432; one per service and a scratch one for
+the Postgres limits), and the four services as processes.
 Then, untimed: publishes the walkthrough policy, registers one dataset version holding one
 ``user.content.private`` record per subject, and reports one OpenLineage run that trained one
 model on it. Timed, ``K`` times with fresh subjects: ``N`` withdrawals posted to the consent
@@ -43,6 +44,7 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from contracts.topics import CONSENT_EVENTS, FINDINGS, MODEL_FLAGS
 from services.runtime import embedded
 from services.runtime.testing import ServiceProcess, migrate_service
 from services.runtime.walkthrough import (
@@ -57,9 +59,9 @@ from services.runtime.walkthrough import (
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 SERVICES = ("consent", "registry", "lineage", "deletion")
-CONSENT_TOPIC = "consent.events.v1"
-FINDINGS_TOPIC = "registry.findings.v1"
-FLAGS_TOPIC = "lineage.model-flags.v1"
+CONSENT_TOPIC = CONSENT_EVENTS.name
+FINDINGS_TOPIC = FINDINGS.name
+FLAGS_TOPIC = MODEL_FLAGS.name
 MAX_RECORDS_PER_VERSION = 100_000  # DatasetVersionRegistration's limit
 CHUNK = 50_000
 DRAIN_S_PER_WITHDRAWAL = 0.1
