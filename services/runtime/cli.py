@@ -43,5 +43,6 @@ def main(spec: ServiceSpec, argv: list[str] | None = None) -> int:
         port=settings.http_port,
         log_config=None,
         access_log=False,
+        timeout_keep_alive=int(settings.http_keep_alive_s),
     )
     return 0

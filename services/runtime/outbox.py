@@ -143,6 +143,7 @@ class OutboxRelay:
         while True:
             try:
                 await self._ensure_listener()
+                self._wake.clear()  # before draining: a NOTIFY from now on wakes the next round
                 while await self.relay_once():
                     pass
                 if loop.time() - last_purge > 60:
@@ -159,7 +160,6 @@ class OutboxRelay:
                 await self._close_listener()
                 await asyncio.sleep(delay)
                 continue
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._settings.outbox_poll_interval_s)
 

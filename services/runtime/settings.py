@@ -31,11 +31,18 @@ class ServiceSettings(BaseSettings):
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1_000)
     kafka_heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     kafka_max_poll_records: int = Field(default=500, ge=1)
+    """Records per fetched batch: one transaction and one offset commit each."""
+    kafka_fetch_max_wait_ms: int = Field(default=50, ge=0)
+    """How long a fetch waits for data. Tansu answers only after about half of it even
+    when data arrives, so it is also the latency floor of a hop there; Kafka answers early."""
 
     outbox_batch_size: int = Field(default=500, ge=1)
     outbox_poll_interval_s: float = Field(default=1.0, gt=0)
     """Fallback poll when no NOTIFY arrives (a missed notification is never lost work)."""
     outbox_retention_s: float = Field(default=86_400, ge=0)
+
+    http_keep_alive_s: float = Field(default=65.0, gt=0)
+    """Idle HTTP keep-alive; above common client/proxy expiries (5 s races httpx's)."""
 
     retry_initial_backoff_s: float = Field(default=0.1, gt=0)
     retry_max_backoff_s: float = Field(default=10.0, gt=0)

@@ -36,6 +36,17 @@ class UnitOfWork:
     def publish_raw(self, message: OutboxMessage) -> None:
         self._outbox.append(message)
 
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """A nested transaction: on error, its rows and its outgoing events are undone."""
+        mark = len(self._outbox)
+        try:
+            async with self.connection.transaction():
+                yield
+        except BaseException:
+            del self._outbox[mark:]
+            raise
+
     async def record_inbox(self, event_id: str, topic: str) -> bool:
         """Record a consumed event id; False when it was already processed (a duplicate)."""
         inserted = await self.connection.fetchval(

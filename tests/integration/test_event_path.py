@@ -181,7 +181,7 @@ async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(
     service = start_service("deletion")
     await ready(service)
     tag = f"kill-{uuid.uuid4().hex[:8]}"
-    count = 1500
+    count = 3000
     await produce(
         kafka_bootstrap,
         CONSENT_EVENTS.name,

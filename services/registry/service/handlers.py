@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from contracts.events import ConsentEvent, PolicyChange
+from contracts.events import ConsentEvent, ConsentState, PolicyChange
 from contracts.topics import FINDINGS
 from services.registry.adapters.repository import RegistryRepository
 from services.registry.domain.findings import withdrawal_findings
@@ -41,6 +41,8 @@ async def on_consent_event(event: Event[ConsentEvent], uow: UnitOfWork) -> None:
     repo = RegistryRepository(uow.connection)
     consent = event.body
     await repo.save_consent(consent)
+    if consent.state is not ConsentState.WITHDRAWN:
+        return
     findings = withdrawal_findings(
         consent, await repo.used_records_of(consent.subject_id), await repo.policies()
     )

@@ -9,6 +9,7 @@ from uuid import uuid4
 
 import asyncpg
 import pytest
+from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 
 from contracts.events import ConsentEvent, ConsentEvidence, ConsentMechanism, ConsentState
@@ -17,7 +18,7 @@ from services.runtime.consumer import EventConsumer, Subscription
 from services.runtime.errors import PermanentError
 from services.runtime.messages import Event, encode_event
 from services.runtime.settings import ServiceSettings
-from services.runtime.testing import FakePool
+from services.runtime.testing import FakePool, header
 from services.runtime.unit_of_work import UnitOfWork
 
 SETTINGS = ServiceSettings(
@@ -28,10 +29,10 @@ SETTINGS = ServiceSettings(
 )
 
 
-def consent_event() -> ConsentEvent:
+def consent_event(subject_id: str = "s-1") -> ConsentEvent:
     return ConsentEvent(
         consent_event_id=uuid4(),
-        subject_id="s-1",
+        subject_id=subject_id,
         jurisdiction="US",
         purpose="ai.training",
         data_categories=("user.content",),
@@ -48,13 +49,20 @@ def consent_event() -> ConsentEvent:
 class Recorder:
     """A handler that records what it saw and publishes one event per call."""
 
-    def __init__(self, failures: list[BaseException] | None = None) -> None:
+    def __init__(
+        self, failures: list[BaseException] | None = None, poison: str | None = None
+    ) -> None:
         self.seen: list[str] = []
         self.failures = failures or []
+        self.poison = poison
+        self.poison_attempts = 0
 
     async def __call__(self, event: Event[Any], uow: UnitOfWork) -> None:
         if self.failures:
             raise self.failures.pop(0)
+        if event.body.subject_id == self.poison:
+            self.poison_attempts += 1
+            raise KeyError("a bug this event always hits")
         self.seen.append(event.id)
         uow.publish(CONSENT_EVENTS, event.body, key="s-1")
 
@@ -77,8 +85,8 @@ async def deliver(
             )
 
 
-def good() -> tuple[bytes, list[tuple[str, bytes]]]:
-    message = encode_event(CONSENT_EVENTS, consent_event(), key="s-1", source="/unit")
+def good(subject_id: str = "s-1") -> tuple[bytes, list[tuple[str, bytes]]]:
+    message = encode_event(CONSENT_EVENTS, consent_event(subject_id), key="s-1", source="/unit")
     return message.value, list(message.headers)
 
 
@@ -112,8 +120,9 @@ async def test_transient_failures_are_retried_until_they_pass(pool: FakePool) ->
 
 
 async def test_an_unexpected_error_is_retried_then_dead_lettered(pool: FakePool) -> None:
-    handler = Recorder(failures=[KeyError("bug")] * SETTINGS.handler_max_attempts)
-    await deliver(handler, pool, good(), good())
+    handler = Recorder(poison="poison")
+    await deliver(handler, pool, good("poison"), good())
+    assert handler.poison_attempts >= SETTINGS.handler_max_attempts
     assert pool.outbox_topics() == [CONSENT_EVENTS.dlq, CONSENT_EVENTS.name]
     headers = dict(zip(pool.outbox[0][3], pool.outbox[0][4], strict=True))
     assert headers["dlq_reason"] == b"handler_error"
@@ -126,6 +135,34 @@ async def test_a_permanent_error_is_dead_lettered_at_once(pool: FakePool) -> Non
     await deliver(handler, pool, good())
     assert pool.outbox_topics() == [CONSENT_EVENTS.dlq]
     assert handler.seen == []
+
+
+async def test_an_unexpected_error_that_passes_on_retry_is_not_dead_lettered(
+    pool: FakePool,
+) -> None:
+    handler = Recorder(failures=[KeyError("flaky")] * (SETTINGS.handler_max_attempts - 1))
+    await deliver(handler, pool, good())
+    assert pool.outbox_topics() == [CONSENT_EVENTS.name]
+
+
+async def test_a_batch_keeps_order_and_isolates_its_bad_records(pool: FakePool) -> None:
+    handler = Recorder(failures=[PermanentError("refused")])
+    records = [good("a"), (b"garbage", good()[1]), good("b"), good("c")]
+    consumer = EventConsumer(SETTINGS, lambda: pool, "/unit")  # type: ignore[arg-type, return-value]
+    batch = [
+        ConsumerRecord(CONSENT_EVENTS.name, 0, n, 0, 0, b"s-1", value, None, 0, 0, tuple(h))
+        for n, (value, h) in enumerate(records)
+    ]
+    pool.failures = [ConnectionResetError()]  # the first attempt at the batch dies in transit
+    outcomes = await consumer.process_batch(Subscription(CONSENT_EVENTS, handler), batch)
+    assert outcomes == ["dead_lettered", "dead_lettered", "processed", "processed"]
+    assert (
+        pool.outbox_topics() == [CONSENT_EVENTS.dlq, CONSENT_EVENTS.dlq] + [CONSENT_EVENTS.name] * 2
+    )
+    assert handler.seen == [header(r, "ce_id") for r in batch[2:]], "in order, each once"
+    again = await consumer.process_batch(Subscription(CONSENT_EVENTS, handler), batch)
+    assert again == ["duplicate"] * 4, "dead letters are final outcomes too"
+    assert len(pool.outbox) == 4, "a redelivered batch changes nothing"
 
 
 async def test_subscribers_acknowledge_manually_in_a_group_per_topic() -> None:
