@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 from faststream.kafka import KafkaBroker
 from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts.topics import Topic
 from services.runtime import metrics
@@ -199,22 +199,41 @@ def runtime_of(request: Request) -> ServiceRuntime:
 RuntimeDep = Annotated[ServiceRuntime, Depends(runtime_of)]
 
 
-class _TracingMiddleware(BaseHTTPMiddleware):
-    """A server span per request, continuing any ``traceparent`` the caller sent."""
+class _TracingMiddleware:
+    """A server span per request, continuing any ``traceparent`` the caller sent.
 
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        name = f"{request.method} {request.url.path}"
+    Plain ASGI rather than Starlette's BaseHTTPMiddleware, which costs a task and a
+    stream per request on the intake path.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        method, path = scope["method"], scope["path"]
         with tracer().start_as_current_span(
-            name,
-            context=extract_from_mapping(dict(request.headers)),
+            f"{method} {path}",
+            context=extract_from_mapping(headers),
             kind=SpanKind.SERVER,
-            attributes={"http.request.method": request.method, "url.path": request.url.path},
+            attributes={"http.request.method": method, "url.path": path},
         ) as span:
-            response = await call_next(request)
-            span.set_attribute("http.response.status_code", response.status_code)
             ctx = span.get_span_context()
-            response.headers["traceparent"] = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-01"
-            return response
+            traceparent = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-01".encode()
+
+            async def send_with_trace(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    span.set_attribute("http.response.status_code", message["status"])
+                    message["headers"] = [
+                        *message.get("headers", []),
+                        (b"traceparent", traceparent),
+                    ]
+                await send(message)
+
+            await self.app(scope, receive, send_with_trace)
 
 
 def _health_router() -> APIRouter:
