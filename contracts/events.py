@@ -23,6 +23,8 @@ from contracts.base import (
     PurposePath,
     SubjectId,
 )
+from contracts.policy import PolicyDocument
+from contracts.vocabulary import ConsentMechanism, ConsentState
 
 __all__ = [
     "CaseKind",
@@ -38,12 +40,9 @@ __all__ = [
     "FindingStatus",
     "ModelFlag",
     "PolicyChange",
-    "PolicyDocument",
-    "PolicyRule",
     "Severity",
     "TaskOutcome",
     "TaskResult",
-    "WithdrawalRequires",
 ]
 
 _ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -51,22 +50,6 @@ _LongText = Annotated[str, StringConstraints(max_length=4096)]
 
 
 # --- consent -----------------------------------------------------------------------
-
-
-class ConsentState(StrEnum):
-    GRANTED = "granted"
-    WITHDRAWN = "withdrawn"
-
-
-class ConsentMechanism(StrEnum):
-    """How the state was obtained; the policy decides which count as a lawful basis."""
-
-    EXPLICIT_OPT_IN = "explicit_opt_in"
-    OPT_OUT = "opt_out"
-    DEFAULT_SETTING = "default_setting"
-    GPC_SIGNAL = "gpc_signal"
-    CONTRACT_RESTRICTION = "contract_restriction"
-    ERASURE_REQUEST = "erasure_request"
 
 
 class ConsentEvidence(Contract):
@@ -99,46 +82,7 @@ class ConsentEvent(Contract):
     """True when the subject also asked for erasure (opens a deletion case)."""
 
 
-# --- policies ----------------------------------------------------------------------
-
-
-class WithdrawalRequires(StrEnum):
-    """What a later withdrawal requires of models already trained on the data."""
-
-    NONE = "none"
-    EXCLUDE_FROM_FUTURE = "exclude_from_future"
-    RETRAIN = "retrain"
-    DESTROY = "destroy"
-
-
-_JurisdictionSelector = Annotated[
-    str, StringConstraints(pattern=r"^(\*|EEA|[A-Z]{2}(-[A-Z0-9]{1,3})?)$")
-]
-"""A country (``GB``), a subdivision (``US-CA``), a group (``EU``, ``EEA``) or ``*``."""
-
-
-class PolicyRule(Contract):
-    """One rule: where, for what, on which data, what counts and what withdrawal implies."""
-
-    jurisdictions: Annotated[tuple[_JurisdictionSelector, ...], Field(min_length=1)]
-    purpose: PurposePath
-    data_categories: Annotated[tuple[CategoryPath, ...], Field(min_length=1)]
-    lawful_mechanisms: tuple[ConsentMechanism, ...] = ()
-    lawful_from: AwareDatetime | None = None
-    lawful_until: AwareDatetime | None = None
-    withdrawal_requires: WithdrawalRequires = WithdrawalRequires.EXCLUDE_FROM_FUTURE
-    description: _LongText = ""
-
-
-class PolicyDocument(Contract):
-    """A policy version: versioned data, not code. Rules are matched most-specific first."""
-
-    policy_id: _ShortText
-    version: _ShortText
-    valid_from: AwareDatetime
-    """Valid time: a re-reading of the rules may reach back before its publication."""
-    rules: Annotated[tuple[PolicyRule, ...], Field(min_length=1)]
-    description: _LongText = ""
+# --- policies -----------------------------------------------------------------------
 
 
 class PolicyChange(Contract):

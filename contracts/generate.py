@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from contracts.envelope import Envelope
-from contracts.events import PolicyDocument
+from contracts.policy import PolicyDocument
 from contracts.topics import TOPICS
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"

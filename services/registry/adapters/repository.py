@@ -8,7 +8,8 @@ from datetime import datetime
 from typing import Any
 
 from contracts.base import DatasetRef
-from contracts.events import ConsentEvent, DatasetFinding, PolicyDocument
+from contracts.events import ConsentEvent, DatasetFinding
+from contracts.policy import PolicyDocument
 from services.registry.domain.findings import UsedRecords
 from services.registry.domain.snapshots import DatasetVersionRegistration
 from services.runtime.db import Connection

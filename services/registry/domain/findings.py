@@ -15,16 +15,10 @@ from contracts.events import (
     DatasetFinding,
     FindingReason,
     FindingStatus,
-    PolicyDocument,
-    PolicyRule,
     Severity,
 )
-from services.registry.domain.policy import (
-    covers,
-    governing_rule,
-    policy_in_force,
-    severity_of_withdrawal,
-)
+from contracts.policy import PolicyDocument, WithdrawalRequires
+from services.eligibility import Use, WithdrawalOutcome, policy_in_force, withdrawal_requirement
 
 __all__ = ["FINDING_NAMESPACE", "SAMPLE_SIZE", "UsedRecords", "finding_id", "withdrawal_findings"]
 
@@ -61,6 +55,13 @@ def finding_id(
     )
 
 
+_SEVERITY = {
+    WithdrawalRequires.DESTROY: Severity.DESTROY_REQUIRED,
+    WithdrawalRequires.RETRAIN: Severity.RETRAIN_REQUIRED,
+    WithdrawalRequires.EXCLUDE_FROM_FUTURE: Severity.EXCLUDE_FROM_FUTURE,
+}
+
+
 def withdrawal_findings(
     event: ConsentEvent,
     used: Sequence[UsedRecords],
@@ -68,47 +69,43 @@ def withdrawal_findings(
 ) -> list[DatasetFinding]:
     """Later-withdrawal findings: one per dataset version and severity the withdrawal reaches.
 
-    A use is affected when the dataset's purpose falls under the withdrawn purpose and
-    the record's category under a withdrawn category; its severity comes from the policy
-    rule that governs the use, as the rules are read now for the time of use.
+    What the withdrawal requires of each use comes from the eligibility engine, under
+    the reading of the rules in force for the time of use as published now.
     """
     if event.state is not ConsentState.WITHDRAWN:
         return []
-    grouped: dict[tuple[DatasetRef, Severity], list[tuple[UsedRecords, PolicyDocument, str]]] = (
+    grouped: dict[tuple[DatasetRef, Severity, str, str], list[tuple[UsedRecords, str]]] = (
         defaultdict(list)
     )
-    for use in used:
-        if not covers(event.purpose, use.purpose):
-            continue
-        if not any(covers(c, use.category) for c in event.data_categories):
-            continue
-        if use.used_at > event.effective_at:
-            continue  # used after the withdrawal: an improper use, judged at seal time
-        policy = policy_in_force(policies, use.used_at)
+    readings: dict[tuple[str, str], PolicyDocument] = {}
+    for records in used:
+        use = Use(
+            subject_id=event.subject_id,
+            jurisdiction=records.jurisdiction,
+            purpose=records.purpose,
+            category=records.category,
+            used_at=records.used_at,
+        )
+        policy = policy_in_force(policies, records.used_at)
         if policy is None:
             continue
-        rule = governing_rule(
-            policy, jurisdiction=use.jurisdiction, purpose=use.purpose, category=use.category
-        )
-        severity = severity_of_withdrawal(rule)
-        if severity is None:
+        outcome = withdrawal_requirement(policy, use, event)
+        if outcome is None or (severity := _SEVERITY.get(outcome.requires)) is None:
             continue
-        text = rule.description if rule and rule.description else _describe(rule)
-        grouped[(use.dataset, severity)].append((use, policy, text))
+        readings[(policy.policy_id, policy.version)] = policy
+        key = (records.dataset, severity, policy.policy_id, policy.version)
+        grouped[key].append((records, _rule_text(policy, outcome)))
     findings = []
-    for (dataset, severity), uses in sorted(
-        grouped.items(), key=lambda kv: (kv[0][0].key, kv[0][1])
+    for (dataset, severity, policy_id, version), uses in sorted(
+        grouped.items(), key=lambda kv: (kv[0][0].key, *kv[0][1:])
     ):
-        policy = uses[0][1]
-        record_ids = sorted({r for use, _, _ in uses for r in use.record_ids})
+        policy = readings[(policy_id, version)]
+        record_ids = sorted({r for records, _ in uses for r in records.record_ids})
+        cause = (event.consent_event_id,)
         findings.append(
             DatasetFinding(
                 finding_id=finding_id(
-                    dataset,
-                    policy,
-                    FindingReason.LATER_WITHDRAWAL,
-                    severity,
-                    [event.consent_event_id],
+                    dataset, policy, FindingReason.LATER_WITHDRAWAL, severity, cause
                 ),
                 status=FindingStatus.ACTIVE,
                 dataset=dataset,
@@ -116,21 +113,22 @@ def withdrawal_findings(
                 reason=FindingReason.LATER_WITHDRAWAL,
                 policy_id=policy.policy_id,
                 policy_version=policy.version,
-                rule="; ".join(sorted({text for _, _, text in uses})),
+                rule="; ".join(sorted({text for _, text in uses}))[:4096],
                 affected_records=len(record_ids),
                 affected_subjects=1,
                 sample_record_ids=tuple(record_ids[:SAMPLE_SIZE]),
-                cause_event_ids=(event.consent_event_id,),
+                cause_event_ids=cause,
                 detected_at=event.recorded_at,
             )
         )
     return findings
 
 
-def _describe(rule: PolicyRule | None) -> str:
+def _rule_text(policy: PolicyDocument, outcome: WithdrawalOutcome) -> str:
+    """The rule that decided, as legal wrote it: ``id (requires …): description``."""
+    rule = next((r for r in policy.rules if r.id == outcome.rule_id), None)
     if rule is None:
         return "no rule governs this use: a withdrawal excludes the data from future training"
-    return (
-        f"withdrawal requires {rule.withdrawal_requires.value} for {rule.purpose}"
-        f" on {', '.join(rule.data_categories)} in {', '.join(rule.jurisdictions)}"
-    )
+    erasure = " + erasure" if outcome.erasure else ""
+    text = f"{rule.id} (withdrawal requires {outcome.requires.value}{erasure})"
+    return f"{text}: {rule.description}" if rule.description else text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -20,12 +21,20 @@ from contracts.events import (
     DatasetFinding,
     FindingReason,
     FindingStatus,
-    PolicyDocument,
-    PolicyRule,
     Severity,
     TaskOutcome,
     TaskResult,
 )
+from contracts.policy import (
+    DefaultConsent,
+    GpcCoverage,
+    LawfulBasis,
+    PolicyDocument,
+    PolicyRule,
+    WithdrawalEffect,
+    WithdrawalRequires,
+)
+from contracts.vocabulary import ConsentMechanism
 
 T0 = datetime(2024, 9, 18, 12, 0, tzinfo=UTC)
 EVENT_ID = UUID("11111111-1111-4111-8111-111111111111")
@@ -70,9 +79,45 @@ def finding() -> DatasetFinding:
     )
 
 
-def policy() -> PolicyDocument:
-    rule = PolicyRule(jurisdictions=("*",), purpose="ai", data_categories=("user",))
-    return PolicyDocument(policy_id="ai", version="1", valid_from=T0, rules=(rule,))
+def rule(*jurisdictions: str, **overrides: Any) -> PolicyRule:
+    fields: dict[str, Any] = {
+        "id": "r",
+        "jurisdictions": jurisdictions or ("*",),
+        "purposes": ("ai",),
+        "data_categories": ("user",),
+    }
+    fields.update(overrides)
+    return PolicyRule(**fields)
+
+
+def policy(*rules: PolicyRule, **overrides: Any) -> PolicyDocument:
+    fields: dict[str, Any] = {
+        "policy_id": "ai",
+        "version": "1",
+        "valid_from": T0,
+        "rules": rules or (rule(),),
+    }
+    fields.update(overrides)
+    return PolicyDocument(**fields)
+
+
+def full_rule() -> PolicyRule:
+    """A rule that sets every field, with nested contracts."""
+    return rule(
+        "EEA",
+        "US-CA",
+        id="eea-opt-in",
+        purposes=("ai.training",),
+        data_categories=("user.content", "user.contact"),
+        lawful_bases=(
+            LawfulBasis(mechanism=ConsentMechanism.EXPLICIT_OPT_IN),
+            LawfulBasis(mechanism=ConsentMechanism.OPT_OUT, valid_until=T0),
+        ),
+        default=DefaultConsent(valid_from=T0 - timedelta(days=30)),
+        withdrawal=WithdrawalEffect(requires=WithdrawalRequires.RETRAIN, erasure=True),
+        valid_from=T0 - timedelta(days=365),
+        description="explicit opt-in",
+    )
 
 
 def envelope(**overrides: Any) -> Envelope:
@@ -90,7 +135,16 @@ def envelope(**overrides: Any) -> Envelope:
 SAMPLES: dict[str, BaseModel] = {
     "ConsentEvent": consent_event(),
     "DatasetFinding": finding(),
-    "PolicyDocument": policy(),
+    "PolicyDocument": policy(
+        full_rule(),
+        jurisdiction_groups={"NORDICS": ("DK", "FI", "IS", "NO", "SE")},
+        gpc=(GpcCoverage(jurisdictions=("US-CA",), purposes=("ai.training",)),),
+    ),
+    "PolicyRule": full_rule(),
+    "LawfulBasis": LawfulBasis(mechanism=ConsentMechanism.OPT_OUT, valid_from=T0),
+    "DefaultConsent": DefaultConsent(valid_until=T0),
+    "WithdrawalEffect": WithdrawalEffect(requires=WithdrawalRequires.DESTROY),
+    "GpcCoverage": GpcCoverage(jurisdictions=("*",), purposes=("ai",)),
     "Envelope": envelope(),
     "ModelRef": ModelRef(namespace="models", name="llm", version="7"),
 }
@@ -120,6 +174,10 @@ def test_nested_contracts_reject_unknown_fields_too() -> None:
         ConsentEvent.model_validate(
             consent_payload(evidence={"collection_point": "app", "surprise": True})
         )
+    data = SAMPLES["PolicyDocument"].model_dump(mode="json")
+    data["rules"][0]["lawful_bases"][0]["surprise"] = True
+    with pytest.raises(ValidationError, match=r"rules\.0\.lawful_bases\.0\.surprise"):
+        PolicyDocument.model_validate(data)
 
 
 def test_frozen_contracts_are_hashable_and_compare_by_value() -> None:
@@ -142,7 +200,13 @@ def test_naive_datetime_objects_are_rejected_everywhere() -> None:
     with pytest.raises(ValidationError, match="UTC offset"):
         consent_event(effective_at=naive)
     with pytest.raises(ValidationError, match="UTC offset"):
-        PolicyDocument(policy_id="ai", version="1", valid_from=naive, rules=policy().rules)
+        policy(valid_from=naive)
+    with pytest.raises(ValidationError, match="UTC offset"):
+        rule(valid_from=naive)
+    with pytest.raises(ValidationError, match="UTC offset"):
+        LawfulBasis(mechanism=ConsentMechanism.OPT_OUT, valid_until=naive)
+    with pytest.raises(ValidationError, match="UTC offset"):
+        DefaultConsent(valid_from=naive)
     with pytest.raises(ValidationError, match="UTC offset"):
         envelope(time=naive)
     with pytest.raises(ValidationError, match="UTC offset"):
@@ -193,16 +257,139 @@ def test_bad_jurisdictions_are_rejected(jurisdiction: str) -> None:
         consent_event(jurisdiction=jurisdiction)
 
 
-@pytest.mark.parametrize("selector", ["*", "EEA", "EU", "GB", "US-CA"])
-def test_policy_rules_accept_groups_and_wildcard(selector: str) -> None:
-    rule = PolicyRule(jurisdictions=(selector,), purpose="ai", data_categories=("user",))
-    assert rule.jurisdictions == (selector,)
+# --- policies: jurisdiction selectors, rule ids, validity windows ---------------------
 
 
-@pytest.mark.parametrize("selector", ["**", "eu", "WORLD", "US-", ""])
-def test_policy_rules_reject_unknown_selectors(selector: str) -> None:
+@pytest.mark.parametrize("selector", ["*", "EEA", "EU", "GB", "US", "US-CA", "FR-75"])
+def test_policy_rules_accept_countries_subdivisions_groups_and_wildcard(selector: str) -> None:
+    doc = policy(rule(selector))
+    assert doc.rules[0].jurisdictions == (selector,)
+
+
+@pytest.mark.parametrize(
+    "selector", ["**", "eu", "Eu", "U", "US-", "US-CAAA", "us-ca", "*US", " GB", ""]
+)
+def test_policy_rules_reject_malformed_selectors(selector: str) -> None:
     with pytest.raises(ValidationError, match="jurisdictions"):
-        PolicyRule(jurisdictions=(selector,), purpose="ai", data_categories=("user",))
+        rule(selector)
+
+
+@pytest.mark.parametrize("selector", ["WORLD", "EUROPE", "US_CA", "NORDICS"])
+def test_policy_documents_reject_unknown_groups(selector: str) -> None:
+    with pytest.raises(ValidationError, match=f"unknown jurisdiction groups: {selector}"):
+        policy(rule("GB", selector))
+    gpc = (GpcCoverage(jurisdictions=(selector,), purposes=("ai",)),)
+    with pytest.raises(ValidationError, match=f"unknown jurisdiction groups: {selector}"):
+        policy(gpc=gpc)
+
+
+def test_unknown_groups_are_all_named_at_once() -> None:
+    with pytest.raises(ValidationError, match="unknown jurisdiction groups: EUROPE, WORLD"):
+        policy(rule("WORLD", id="a"), rule("EUROPE", "EU", id="b"))
+
+
+def test_policy_documents_may_define_their_own_groups() -> None:
+    groups = {"NORDICS": ("DK", "FI", "IS", "NO", "SE"), "WEST_COAST": ("US-CA", "US-OR")}
+    doc = policy(
+        rule("NORDICS", id="nordics"),
+        rule("WEST_COAST", "EEA", id="west"),
+        jurisdiction_groups=groups,
+        gpc=(GpcCoverage(jurisdictions=("WEST_COAST",), purposes=("ai",)),),
+    )
+    assert doc.jurisdiction_groups == groups
+    assert [r.jurisdictions for r in doc.rules] == [("NORDICS",), ("WEST_COAST", "EEA")]
+
+
+def test_document_groups_cannot_redefine_built_in_groups() -> None:
+    with pytest.raises(ValidationError, match="jurisdiction group names already defined: EEA"):
+        policy(jurisdiction_groups={"EEA": ("DE",)})
+
+
+@pytest.mark.parametrize("name", ["nordics", "EU", "NO", "X", "NORDICS!"])
+def test_document_group_names_are_upper_case_words(name: str) -> None:
+    with pytest.raises(ValidationError, match="jurisdiction_groups"):
+        policy(jurisdiction_groups={name: ("DE",)})
+
+
+@pytest.mark.parametrize("member", ["*", "EEA", "de", "NORDICS", "US-", "USA"])
+def test_document_group_members_are_countries_or_subdivisions(member: str) -> None:
+    with pytest.raises(ValidationError, match="jurisdiction_groups"):
+        policy(jurisdiction_groups={"NORDICS": ("NO", member)})
+
+
+def test_duplicate_rule_ids_are_rejected() -> None:
+    with pytest.raises(ValidationError, match="rule ids must be unique: a, b"):
+        policy(
+            rule(id="a"),
+            rule(id="b"),
+            rule("GB", id="a"),
+            rule("US", id="c"),
+            rule("US", id="b"),
+        )
+    assert [r.id for r in policy(rule(id="a"), rule("GB", id="b")).rules] == ["a", "b"]
+
+
+@pytest.mark.parametrize("rule_id", ["", "Upper", "-lead", "has space", "a/b", "x" * 129])
+def test_bad_rule_ids_are_rejected(rule_id: str) -> None:
+    with pytest.raises(ValidationError, match="id"):
+        rule(id=rule_id)
+
+
+@pytest.mark.parametrize("field", ["jurisdictions", "purposes", "data_categories"])
+def test_rules_need_at_least_one_selector_of_each_kind(field: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        rule(**{field: ()})
+
+
+def test_policy_documents_need_at_least_one_rule() -> None:
+    with pytest.raises(ValidationError, match="rules"):
+        PolicyDocument(policy_id="ai", version="1", valid_from=T0, rules=())
+
+
+WINDOWED: dict[str, Any] = {
+    "PolicyRule": rule,
+    "LawfulBasis": functools.partial(LawfulBasis, mechanism=ConsentMechanism.OPT_OUT),
+    "DefaultConsent": DefaultConsent,
+}
+
+
+@pytest.mark.parametrize("name", WINDOWED)
+@pytest.mark.parametrize("until", [T0, T0 - timedelta(microseconds=1), T0 - timedelta(days=9)])
+def test_a_window_must_end_after_it_starts(name: str, until: datetime) -> None:
+    with pytest.raises(ValidationError, match="valid_until must be after valid_from"):
+        WINDOWED[name](valid_from=T0, valid_until=until)
+
+
+@pytest.mark.parametrize("name", WINDOWED)
+def test_windows_may_be_open_at_either_end(name: str) -> None:
+    make = WINDOWED[name]
+    later = T0 + timedelta(microseconds=1)
+    assert make(valid_from=T0, valid_until=later).valid_until == later
+    assert make(valid_from=T0).valid_until is None
+    assert make(valid_until=T0).valid_from is None
+    # Offsets do not matter, only the instants: 14:00+02:00 is 12:00Z.
+    plus_two = timezone(timedelta(hours=2))
+    with pytest.raises(ValidationError, match="valid_until must be after valid_from"):
+        make(valid_from=T0, valid_until=datetime(2024, 9, 18, 14, 0, tzinfo=plus_two))
+
+
+def test_rule_defaults() -> None:
+    r = rule()
+    assert r.lawful_bases == ()
+    assert r.default is None
+    assert r.withdrawal == WithdrawalEffect(
+        requires=WithdrawalRequires.EXCLUDE_FROM_FUTURE, erasure=False
+    )
+    assert DefaultConsent().mechanism is ConsentMechanism.DEFAULT_SETTING
+    assert GpcCoverage(jurisdictions=("*",), purposes=("ai",)).data_categories == ("user",)
+
+
+def test_consent_words_are_shared_with_the_events() -> None:
+    import contracts.events as events
+    import contracts.vocabulary as vocabulary
+
+    assert events.ConsentState is vocabulary.ConsentState
+    assert events.ConsentMechanism is vocabulary.ConsentMechanism
 
 
 @pytest.mark.parametrize(

@@ -32,15 +32,22 @@ from contracts.events import (
     FindingStatus,
     ModelFlag,
     PolicyChange,
-    PolicyDocument,
-    PolicyRule,
     Severity,
     TaskOutcome,
     TaskResult,
-    WithdrawalRequires,
 )
 from contracts.generate import SCHEMA_DIR, render, schema_documents
 from contracts.openlineage import RunEvent, parse_openlineage_event
+from contracts.policy import (
+    DefaultConsent,
+    GpcCoverage,
+    LawfulBasis,
+    OptInScope,
+    PolicyDocument,
+    PolicyRule,
+    WithdrawalEffect,
+    WithdrawalRequires,
+)
 from contracts.topics import ALL_TOPICS, TOPICS, Topic
 
 REGENERATE = "run `python -m contracts.generate` and commit contracts/schemas/"
@@ -116,29 +123,50 @@ def test_design_topic_names_are_used() -> None:
 
 
 def _policy() -> PolicyDocument:
+    """Every part of the policy contract, set the way legal would set it."""
+    disclosed = datetime(2024, 9, 18, tzinfo=UTC)
     return PolicyDocument(
         policy_id="ai-training",
         version="2024-09-18",
         valid_from=datetime(2024, 8, 1, tzinfo=UTC),
+        description="Generative-AI training on member data.",
+        jurisdiction_groups={"GPC_STATES": ("US-CA", "US-CO", "US-CT")},
         rules=(
             PolicyRule(
+                id="us-default-on",
                 jurisdictions=("US",),
-                purpose="ai.training.generative",
-                data_categories=("user.content.public",),
-                lawful_mechanisms=(ConsentMechanism.DEFAULT_SETTING, ConsentMechanism.OPT_OUT),
-                lawful_from=datetime(2024, 9, 18, tzinfo=UTC),
-                withdrawal_requires=WithdrawalRequires.EXCLUDE_FROM_FUTURE,
+                purposes=("ai.training.generative",),
+                data_categories=("user.content.public", "user.contact"),
+                lawful_bases=(
+                    LawfulBasis(mechanism=ConsentMechanism.DEFAULT_SETTING, valid_from=disclosed),
+                    LawfulBasis(mechanism=ConsentMechanism.EXPLICIT_OPT_IN),
+                ),
+                default=DefaultConsent(
+                    valid_from=disclosed, description="the setting is on unless turned off"
+                ),
+                withdrawal=WithdrawalEffect(requires=WithdrawalRequires.EXCLUDE_FROM_FUTURE),
             ),
             PolicyRule(
+                id="us-private-messages",
+                jurisdictions=("US",),
+                purposes=("ai.training",),
+                data_categories=("user.content.private",),
+                lawful_bases=(LawfulBasis(mechanism=ConsentMechanism.EXPLICIT_OPT_IN),),
+                opt_in_scope=OptInScope.EXACT,
+                withdrawal=WithdrawalEffect(requires=WithdrawalRequires.RETRAIN, erasure=True),
+                description="private messages need an explicit opt-in naming them",
+            ),
+            PolicyRule(
+                id="eea-exempt",
                 jurisdictions=("EEA", "GB", "CH"),
-                purpose="ai.training",
+                purposes=("ai.training",),
                 data_categories=("user",),
-                lawful_mechanisms=(ConsentMechanism.EXPLICIT_OPT_IN,),
-                lawful_until=None,
-                withdrawal_requires=WithdrawalRequires.RETRAIN,
-                description="explicit opt-in only",
+                valid_until=datetime(2025, 11, 3, tzinfo=UTC),
+                withdrawal=WithdrawalEffect(requires=WithdrawalRequires.NONE),
+                description="exempt: no lawful basis",
             ),
         ),
+        gpc=(GpcCoverage(jurisdictions=("GPC_STATES",), purposes=("ai.training",)),),
     )
 
 
@@ -288,6 +316,45 @@ def test_committed_schema_accepts_a_realistic_body(topic: Topic) -> None:
 def test_envelope_and_policy_schemas_accept_realistic_documents(file_name: str) -> None:
     document = wire_json(OTHER_BODIES[file_name])
     assert [e.message for e in validator(file_name).iter_errors(document)] == []
+
+
+def _policy_defect(path: tuple[str | int, ...], value: Any) -> Any:
+    document = wire_json(_policy())
+    target = document
+    for key in path[:-1]:
+        target = target[key]
+    if value is None:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return document
+
+
+POLICY_DEFECTS = [
+    pytest.param(("rules", 0, "surprise"), 1, id="rule-unknown-field"),
+    pytest.param(("rules", 0, "lawful_bases", 0, "surprise"), 1, id="basis-unknown-field"),
+    pytest.param(("rules", 0, "id"), None, id="rule-without-id"),
+    pytest.param(("rules", 0, "id"), "Has Space", id="bad-rule-id"),
+    pytest.param(("rules", 0, "jurisdictions"), ["us"], id="bad-selector"),
+    pytest.param(("rules", 0, "purposes"), [], id="no-purposes"),
+    pytest.param(("rules", 0, "lawful_bases", 0, "mechanism"), "vibes", id="bad-mechanism"),
+    pytest.param(("rules", 1, "withdrawal", "requires"), "shred", id="bad-requirement"),
+    pytest.param(("rules", 0, "default", "valid_from"), "2024-09-18T00:00:00", id="naive"),
+    pytest.param(("jurisdiction_groups", "GPC_STATES"), ["*"], id="bad-group-member"),
+    pytest.param(("rules",), [], id="no-rules"),
+]
+
+
+@pytest.mark.parametrize(("path", "value"), POLICY_DEFECTS)
+def test_policy_schema_rejects_what_the_model_rejects(
+    path: tuple[str | int, ...], value: Any
+) -> None:
+    document = _policy_defect(path, value)
+    with pytest.raises(ValueError):
+        PolicyDocument.model_validate(document)
+    assert not validator("policy-document.schema.json").is_valid(document)
+    change = wire_json(SAMPLE_BODIES["consent.policies.v1"]) | {"policy": document}
+    assert not validator("consent.policies.v1.schema.json").is_valid(change)
 
 
 CONTRACT_TOPICS = [t for t in TOPICS if t.name != "lineage.openlineage.v1"]
