@@ -70,7 +70,7 @@ def withdrawal_findings(
     """Later-withdrawal findings: one per dataset version and severity the withdrawal reaches.
 
     What the withdrawal requires of each use comes from the eligibility engine, under
-    the reading of the rules in force for the time of use as published now.
+    each policy's reading in force for the time of use, as published now.
     """
     if event.state is not ConsentState.WITHDRAWN:
         return []
@@ -86,15 +86,13 @@ def withdrawal_findings(
             category=records.category,
             used_at=records.used_at,
         )
-        policy = policy_in_force(policies, records.used_at)
-        if policy is None:
-            continue
-        outcome = withdrawal_requirement(policy, use, event)
-        if outcome is None or (severity := _SEVERITY.get(outcome.requires)) is None:
-            continue
-        readings[(policy.policy_id, policy.version)] = policy
-        key = (records.dataset, severity, policy.policy_id, policy.version)
-        grouped[key].append((records, _rule_text(policy, outcome)))
+        for policy in _readings_in_force(policies, records.used_at):
+            outcome = withdrawal_requirement(policy, use, event)
+            if outcome is None or (severity := _SEVERITY.get(outcome.requires)) is None:
+                continue
+            readings[(policy.policy_id, policy.version)] = policy
+            key = (records.dataset, severity, policy.policy_id, policy.version)
+            grouped[key].append((records, _rule_text(policy, outcome)))
     findings = []
     for (dataset, severity, policy_id, version), uses in sorted(
         grouped.items(), key=lambda kv: (kv[0][0].key, *kv[0][1:])
@@ -122,6 +120,18 @@ def withdrawal_findings(
             )
         )
     return findings
+
+
+def _readings_in_force(
+    versions: Sequence[tuple[PolicyDocument, datetime]], at: datetime
+) -> list[PolicyDocument]:
+    """Each policy's reading in force at ``at``: policies are independent documents, and a
+    use is judged under every one of them (each yields its own findings)."""
+    by_policy: dict[str, list[tuple[PolicyDocument, datetime]]] = defaultdict(list)
+    for document, published_at in versions:
+        by_policy[document.policy_id].append((document, published_at))
+    readings = (policy_in_force(by_policy[policy_id], at) for policy_id in sorted(by_policy))
+    return [reading for reading in readings if reading is not None]
 
 
 def _rule_text(policy: PolicyDocument, outcome: WithdrawalOutcome) -> str:

@@ -437,3 +437,23 @@ def test_findings_do_not_depend_on_input_order_and_count_every_reached_record(
             if u.dataset == finding.dataset and expected.get(u.category) is finding.severity
         }
         assert categories, finding
+
+
+def test_each_policy_judges_the_use_under_its_own_reading() -> None:
+    """Two policies are two documents: a newer one does not silence an older one's rules."""
+    company = policy(rule("content", ("user.content",), WithdrawalRequires.RETRAIN))
+    contract = policy(
+        rule("premium-messages", ("user.content.private",), WithdrawalRequires.DESTROY),
+        policy_id="premium-contract",
+        valid_from=T0 + timedelta(days=30),
+    )
+    findings = withdrawal_findings(
+        consent_event(),
+        [used(dataset("chats"), "user.content.private")],
+        [(company, T0), (contract, T0)],
+    )
+    assert {(f.policy_id, f.severity) for f in findings} == {
+        ("ai", Severity.RETRAIN_REQUIRED),
+        ("premium-contract", Severity.DESTROY_REQUIRED),
+    }
+    assert len({f.finding_id for f in findings}) == 2
