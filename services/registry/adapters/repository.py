@@ -11,7 +11,6 @@ from contracts.base import DatasetRef
 from contracts.events import ConsentEvent, DatasetFinding
 from contracts.policy import PolicyDocument
 from services.registry.domain.findings import UsedRecords
-from services.registry.domain.snapshots import DatasetVersionRegistration
 from services.runtime.db import Connection
 
 __all__ = ["RegistryRepository"]
@@ -20,63 +19,6 @@ __all__ = ["RegistryRepository"]
 class RegistryRepository:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
-
-    async def dataset_exists(self, dataset: DatasetRef) -> bool:
-        return bool(
-            await self._conn.fetchval(
-                "SELECT true FROM dataset_versions WHERE namespace=$1 AND name=$2 AND version=$3",
-                dataset.namespace,
-                dataset.name,
-                dataset.version,
-            )
-        )
-
-    async def register_sealed(self, reg: DatasetVersionRegistration, sealed_at: datetime) -> None:
-        """Records, the version and its memberships, sealed in the caller's transaction."""
-        recs = reg.records
-        await self._conn.execute(
-            """
-            INSERT INTO records (source_system, record_id, subject_id, category, jurisdiction,
-                                 collected_at, content_digest)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                 $6::timestamptz[], $7::text[])
-            ON CONFLICT (source_system, record_id) DO NOTHING
-            """,
-            [r.source_system for r in recs],
-            [r.record_id for r in recs],
-            [r.subject_id for r in recs],
-            [r.category for r in recs],
-            [r.jurisdiction for r in recs],
-            [r.collected_at for r in recs],
-            [r.content_digest for r in recs],
-        )
-        dataset_version_id = await self._conn.fetchval(
-            """
-            INSERT INTO dataset_versions (namespace, name, version, purpose, created_at,
-                                          sealed_at, used_at, record_count)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING dataset_version_id
-            """,
-            reg.dataset.namespace,
-            reg.dataset.name,
-            reg.dataset.version,
-            reg.purpose,
-            reg.created_at,
-            sealed_at,
-            reg.time_of_use(sealed_at),
-            len(recs),
-        )
-        await self._conn.execute(
-            """
-            INSERT INTO memberships (dataset_version_id, record_pk)
-            SELECT $1, r.record_pk FROM records r
-            JOIN unnest($2::text[], $3::text[]) AS u(source_system, record_id)
-              ON r.source_system = u.source_system AND r.record_id = u.record_id
-            ON CONFLICT DO NOTHING
-            """,
-            dataset_version_id,
-            [r.source_system for r in recs],
-            [r.record_id for r in recs],
-        )
 
     async def used_records_of(self, subject_id: str) -> list[UsedRecords]:
         """A subject's records per sealed dataset version and category (index lookup)."""

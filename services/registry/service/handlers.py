@@ -1,34 +1,19 @@
-"""Registry use cases: each runs inside one unit of work."""
+"""Registry event handlers: each runs inside one unit of work.
+
+Registration use cases (HTTP) are in ``registration.py``.
+"""
 
 from __future__ import annotations
-
-from datetime import datetime
 
 from contracts.events import ConsentEvent, ConsentState, PolicyChange
 from contracts.topics import FINDINGS
 from services.registry.adapters.repository import RegistryRepository
 from services.registry.domain.findings import withdrawal_findings
-from services.registry.domain.snapshots import DatasetVersionRegistration
 from services.runtime.messages import Event
 from services.runtime.telemetry import current_trace_id
 from services.runtime.unit_of_work import UnitOfWork
 
-__all__ = ["on_consent_event", "on_policy_change", "register_dataset_version"]
-
-
-class DatasetVersionExists(Exception):
-    """Dataset versions are immutable: the same name and version cannot be registered twice."""
-
-
-async def register_dataset_version(
-    uow: UnitOfWork, registration: DatasetVersionRegistration, *, now: datetime
-) -> None:
-    repo = RegistryRepository(uow.connection)
-    if await repo.dataset_exists(registration.dataset):
-        raise DatasetVersionExists(
-            f"{registration.dataset.key} is already registered; dataset versions are immutable"
-        )
-    await repo.register_sealed(registration, sealed_at=now)
+__all__ = ["on_consent_event", "on_policy_change"]
 
 
 async def on_policy_change(event: Event[PolicyChange], uow: UnitOfWork) -> None:

@@ -1,0 +1,527 @@
+"""Snapshot registration at scale, on the registry as a real process and a real Postgres:
+chunked uploads (re-sent chunks, bad lines, conflicts, duplicates), the one-shot NDJSON
+stream, atomic seals (a crash before commit leaves nothing sealed), the subject query, and
+the plan of that query at volume."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from services.registry.adapters.snapshots import VERSIONS_OF_SUBJECT_SQL
+from services.runtime.testing import ServiceProcess, StartService, migrate_service
+
+pytestmark = pytest.mark.integration
+
+API = "/api/v1/dataset-versions"
+CATEGORIES = ("user.content.private", "user.content.public", "user.contact")
+COLLECTED = "2024-08-01T12:00:00Z"
+
+
+def digest(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def record(tag: str, i: int, **overrides: Any) -> dict[str, Any]:
+    body = {
+        "record_id": f"{tag}-{i:06d}",
+        "source_system": "inbox",
+        "subject_id": f"subj-{tag}-{i % 10}",
+        "category": CATEGORIES[i % 3],
+        "jurisdiction": "US",
+        "collected_at": COLLECTED,
+        "content_digest": digest(f"{tag}-{i}"),
+    }
+    body.update(overrides)
+    return body
+
+
+def ndjson(lines: Iterable[dict[str, Any] | str]) -> bytes:
+    return b"".join(
+        (line if isinstance(line, str) else json.dumps(line)).encode() + b"\n" for line in lines
+    )
+
+
+def header(tag: str, version: str = "v1", **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "dataset": {"namespace": "s3://training", "name": f"chat/{tag}", "version": version},
+        "purpose": "ai.training.generative",
+        "created_at": "2024-09-01T00:00:00Z",
+    }
+    body.update(overrides)
+    return body
+
+
+def version_query(tag: str, version: str = "v1") -> dict[str, str]:
+    return {"namespace": "s3://training", "name": f"chat/{tag}", "version": version}
+
+
+class Registry:
+    def __init__(self, service: ServiceProcess, client: httpx.AsyncClient, db: asyncpg.Pool):
+        self.service = service
+        self.client = client
+        self.db = db
+
+    async def put_chunk(self, upload_id: str, n: int, body: bytes) -> httpx.Response:
+        return await self.client.put(
+            f"{API}/uploads/{upload_id}/chunks/{n}",
+            content=body,
+            headers={"Content-Type": "application/x-ndjson"},
+        )
+
+    async def members(self, tag: str, version: str = "v1") -> set[tuple[str, str]]:
+        rows = await self.db.fetch(
+            """
+            SELECT r.source_system, r.record_id FROM memberships m
+            JOIN records r USING (record_pk)
+            JOIN dataset_versions dv USING (dataset_version_id)
+            WHERE dv.namespace = 's3://training' AND dv.name = $1 AND dv.version = $2
+            """,
+            f"chat/{tag}",
+            version,
+        )
+        return {(r["source_system"], r["record_id"]) for r in rows}
+
+    async def staging_tables(self) -> int:
+        return int(
+            await self.db.fetchval(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'registry_staging'"
+            )
+        )
+
+
+async def wait_for_api(service: ServiceProcess, within: float = 30) -> None:
+    """The HTTP API answers once the database is connected (no need to wait for Kafka)."""
+    deadline = time.monotonic() + within
+    async with httpx.AsyncClient(base_url=service.url, timeout=2) as client:
+        while True:
+            try:
+                if (await client.get("/api/v1/policy-versions")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"registry API not up; log: {service.log_path}")
+            await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def registry(start_service: StartService) -> AsyncIterator[Registry]:
+    service = start_service("registry")
+    await wait_for_api(service)
+    db = await asyncpg.create_pool(service.admin_dsn, min_size=1, max_size=3)
+    try:
+        async with httpx.AsyncClient(base_url=service.url, timeout=60) as client:
+            yield Registry(service, client, db)
+    finally:
+        await db.close()
+
+
+async def test_chunked_upload_resend_seal_and_query(registry: Registry) -> None:
+    tag = uuid.uuid4().hex[:8]
+    client = registry.client
+    training = (datetime.now(UTC) + timedelta(days=2)).replace(microsecond=0)
+    opened = await client.post(
+        f"{API}/uploads", json=header(tag, training_started_at=training.isoformat())
+    )
+    assert opened.status_code == 201, opened.text
+    upload = opened.json()
+    upload_id = upload["upload_id"]
+    assert upload["state"] == "open" and upload["chunks"] == []
+
+    # The name is reserved at once.
+    again = await client.post(f"{API}/uploads", json=header(tag))
+    assert again.status_code == 409 and "already registered" in again.json()["detail"]
+
+    # Three chunks of 100; chunk 1 is sent twice, the second time with other records.
+    for n in range(3):
+        sent = await registry.put_chunk(
+            upload_id, n, ndjson(record(tag, i) for i in range(n * 100, n * 100 + 100))
+        )
+        assert sent.status_code == 201, sent.text
+        assert sent.json() == {
+            "upload_id": upload_id,
+            "chunk": n,
+            "records": 100,
+            "replaced": False,
+        }
+    resent = await registry.put_chunk(
+        upload_id, 1, ndjson(record(tag, i) for i in range(1000, 1050))
+    )
+    assert resent.status_code == 200 and resent.json()["replaced"] is True
+    expected = {
+        ("inbox", f"{tag}-{i:06d}") for i in [*range(100), *range(200, 300), *range(1000, 1050)]
+    }
+
+    # A bad line: 422 naming line and field, and nothing of that chunk kept ...
+    bad = [record(tag, i) for i in range(2000, 2010)]
+    bad[4] = record(tag, 2004, subject_id="not a subject!")
+    refused = await registry.put_chunk(upload_id, 3, ndjson(bad))
+    assert refused.status_code == 422
+    [error] = refused.json()["detail"]
+    assert (error["line"], error["field"], error["chunk"]) == (5, "subject_id", 3)
+    assert error["loc"] == ["body", "line", 5, "subject_id"]
+    # A big body refused early is read to its end first, so the client gets the answer.
+    big = [record(tag, i) for i in range(10_000, 60_000)]
+    big[2] = record(tag, 10_002, record_id="nul\x00inside")  # Postgres cannot store NUL
+    refused = await registry.put_chunk(upload_id, 3, ndjson(big))
+    assert refused.status_code == 422
+    assert (refused.json()["detail"][0]["line"], refused.json()["detail"][0]["field"]) == (
+        3,
+        "record_id",
+    )
+    # ... nor does a bad re-send of chunk 1 disturb the chunk 1 already staged.
+    bad_resend = ndjson([record(tag, 3000), "{not json", record(tag, 3001)])
+    refused = await registry.put_chunk(upload_id, 1, bad_resend)
+    assert refused.status_code == 422 and refused.json()["detail"][0]["line"] == 2
+    assert refused.json()["detail"][0]["field"] is None
+    state = (await client.get(f"{API}/uploads/{upload_id}")).json()
+    assert [(c["chunk"], c["records"]) for c in state["chunks"]] == [(0, 100), (1, 50), (2, 100)]
+    assert state["records"] == 250
+
+    # Unsealed: invisible to every query.
+    subject = f"subj-{tag}-1"
+    assert (await client.get(API, params={"subject_id": subject})).json() == []
+    assert (
+        await client.get("/api/v1/dataset-version", params=version_query(tag))
+    ).status_code == 404
+    assert await registry.members(tag) == set()
+
+    sealed = await client.post(f"{API}/uploads/{upload_id}/seal")
+    assert sealed.status_code == 200, sealed.text
+    version = sealed.json()
+    assert version["record_count"] == 250 and version["upload_id"] == upload_id
+    assert datetime.fromisoformat(version["used_at"]) == training  # a later training start
+    assert await registry.members(tag) == expected
+    assert await registry.staging_tables() == 0
+
+    # Sealed is final.
+    assert (await client.post(f"{API}/uploads/{upload_id}/seal")).status_code == 409
+    late = await registry.put_chunk(upload_id, 4, ndjson([record(tag, 5000)]))
+    assert late.status_code == 409 and "sealed" in late.json()["detail"]
+    assert (await client.get(f"{API}/uploads/{upload_id}")).json()["state"] == "sealed"
+    missing = f"{API}/uploads/{uuid.uuid4()}"
+    assert (await client.post(f"{missing}/seal")).status_code == 404
+    assert (await registry.put_chunk(missing.rsplit("/", 1)[1], 0, b"")).status_code == 404
+
+    # The subject query: subj-<tag>-1 owns i ≡ 1 (mod 10) of the 250 members.
+    owned = [i for i in [*range(100), *range(200, 300), *range(1000, 1050)] if i % 10 == 1]
+    [found] = (await client.get(API, params={"subject_id": subject})).json()
+    assert found["dataset"] == version_query(tag) and found["subject_records"] == len(owned)
+    by_category = {c["category"]: c["records"] for c in found["categories"]}
+    assert by_category == {
+        cat: sum(1 for i in owned if CATEGORIES[i % 3] == cat) for cat in CATEGORIES
+    }
+    content = (
+        await client.get(API, params={"subject_id": subject, "category": "user.content"})
+    ).json()
+    assert {c["category"] for c in content[0]["categories"]} == {
+        "user.content.private",
+        "user.content.public",
+    }
+    contact = (
+        await client.get(API, params={"subject_id": subject, "category": "user.contact"})
+    ).json()
+    assert [c["category"] for c in contact[0]["categories"]] == ["user.contact"]
+    before = (datetime.fromisoformat(version["sealed_at"]) - timedelta(seconds=1)).isoformat()
+    assert (await client.get(API, params={"subject_id": subject, "as_of": before})).json() == []
+    after = version["sealed_at"]
+    assert len((await client.get(API, params={"subject_id": subject, "as_of": after})).json()) == 1
+
+    meta = (await client.get("/api/v1/dataset-version", params=version_query(tag))).json()
+    assert meta == version
+
+
+async def test_a_conflicting_or_duplicate_record_seals_nothing(registry: Registry) -> None:
+    tag = uuid.uuid4().hex[:8]
+    client = registry.client
+    first = await client.post(
+        f"{API}/stream", content=ndjson([header(tag, "v1"), *(record(tag, i) for i in range(20))])
+    )
+    assert first.status_code == 201, first.text
+
+    upload_id = (await client.post(f"{API}/uploads", json=header(tag, "v2"))).json()["upload_id"]
+    # v2 re-registers record 7 with another subject, beside new records.
+    changed = [record(tag, i) for i in range(100, 110)]
+    changed[3] = record(tag, 7, subject_id="someone-else")
+    assert (
+        await registry.put_chunk(upload_id, 0, ndjson(record(tag, i) for i in range(10, 20)))
+    ).status_code == 201
+    assert (await registry.put_chunk(upload_id, 1, ndjson(changed))).status_code == 201
+    refused = await client.post(f"{API}/uploads/{upload_id}/seal")
+    assert refused.status_code == 409
+    assert refused.json()["records"] == [
+        {
+            "source_system": "inbox",
+            "record_id": f"{tag}-000007",
+            "chunk": 1,
+            "line": 4,
+            "fields": ["subject_id"],
+        }
+    ]
+    # Nothing sealed, nothing registered, the upload still open.
+    assert (
+        await client.get("/api/v1/dataset-version", params=version_query(tag, "v2"))
+    ).status_code == 404
+    assert await registry.members(tag, "v2") == set()
+    assert not await registry.db.fetchval(
+        "SELECT count(*) FROM records WHERE record_id = $1", f"{tag}-000100"
+    )
+    assert (await client.get(API, params={"subject_id": "someone-else"})).json() == []
+
+    # The same record in two chunks: 422 naming both occurrences.
+    assert (
+        await registry.put_chunk(upload_id, 1, ndjson([record(tag, 100), record(tag, 15)]))
+    ).status_code == 200
+    duplicate = await client.post(f"{API}/uploads/{upload_id}/seal")
+    assert duplicate.status_code == 422
+    assert duplicate.json()["records"] == [
+        {
+            "source_system": "inbox",
+            "record_id": f"{tag}-000015",
+            "occurrences": [{"chunk": 0, "line": 6}, {"chunk": 1, "line": 2}],
+        }
+    ]
+
+    # Fixed, it seals: old records are shared with v1, new ones registered.
+    assert (await registry.put_chunk(upload_id, 1, ndjson([record(tag, 100)]))).status_code == 200
+    sealed = await client.post(f"{API}/uploads/{upload_id}/seal")
+    assert sealed.status_code == 200 and sealed.json()["record_count"] == 11
+    assert await registry.members(tag, "v2") == {
+        ("inbox", f"{tag}-{i:06d}") for i in [*range(10, 20), 100]
+    }
+    assert len((await client.get(API, params={"subject_id": f"subj-{tag}-3"})).json()) == 2
+
+    # A concurrent registration of a record being sealed: the seal waits for it, then
+    # shares the record (same facts) instead of failing on its key.
+    racing = (await client.post(f"{API}/uploads", json=header(tag, "v4"))).json()["upload_id"]
+    contested = record(tag, 700)
+    await registry.put_chunk(racing, 0, ndjson([record(tag, 701), contested]))
+    async with registry.db.acquire() as other, other.transaction():
+        await other.execute(
+            "INSERT INTO records (source_system, record_id, subject_id, category, jurisdiction,"
+            " collected_at, content_digest) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            contested["source_system"],
+            contested["record_id"],
+            contested["subject_id"],
+            contested["category"],
+            contested["jurisdiction"],
+            datetime.fromisoformat(COLLECTED),
+            contested["content_digest"],
+        )
+        seal = asyncio.create_task(client.post(f"{API}/uploads/{racing}/seal"))
+        await asyncio.sleep(0.5)
+        assert not seal.done()
+    raced = await seal
+    assert raced.status_code == 200 and raced.json()["record_count"] == 2
+    assert await registry.members(tag, "v4") == {
+        ("inbox", f"{tag}-000701"),
+        ("inbox", f"{tag}-000700"),
+    }
+
+    # An abandoned upload frees its name.
+    abandoned = (await client.post(f"{API}/uploads", json=header(tag, "v3"))).json()["upload_id"]
+    await registry.put_chunk(abandoned, 0, ndjson([record(tag, 900)]))
+    assert (await client.delete(f"{API}/uploads/{abandoned}")).status_code == 204
+    assert (await client.get(f"{API}/uploads/{abandoned}")).status_code == 404
+    assert (await client.post(f"{API}/uploads", json=header(tag, "v3"))).status_code == 201
+    assert (await client.delete(f"{API}/uploads/{upload_id}")).status_code == 409
+
+
+async def test_the_one_shot_stream(registry: Registry) -> None:
+    tag = uuid.uuid4().hex[:8]
+    client = registry.client
+
+    async def body() -> AsyncIterator[bytes]:  # sent in pieces that cut lines anywhere
+        data = ndjson([header(tag), *(record(tag, i) for i in range(3000))])
+        for start in range(0, len(data), 7777):
+            yield data[start : start + 7777]
+
+    created = await client.post(f"{API}/stream", content=body())
+    assert created.status_code == 201, created.text
+    assert created.json()["record_count"] == 3000
+    assert created.json()["used_at"] == created.json()["sealed_at"]
+    assert len(await registry.members(tag)) == 3000
+    assert (await client.post(f"{API}/stream", content=body())).status_code == 409
+
+    bad_header = await client.post(
+        f"{API}/stream", content=ndjson([header(tag, "v2", purpose="Bad Purpose"), record(tag, 1)])
+    )
+    assert bad_header.status_code == 422
+    assert (bad_header.json()["detail"][0]["line"], bad_header.json()["detail"][0]["field"]) == (
+        1,
+        "purpose",
+    )
+
+    lines: list[dict[str, Any] | str] = [header(tag, "v2"), *(record(tag, i) for i in range(10))]
+    lines[6] = record(tag, 5, collected_at="2024-08-01T12:00:00")  # no offset
+    bad_line = await client.post(f"{API}/stream", content=ndjson(lines))
+    assert bad_line.status_code == 422
+    [error] = bad_line.json()["detail"]
+    assert (error["line"], error["field"], error["type"]) == (7, "collected_at", "timezone_aware")
+    long_line = await client.post(
+        f"{API}/stream", content=ndjson([header(tag, "v2"), "x" * 20_000])
+    )
+    assert long_line.status_code == 422
+    assert long_line.json()["detail"][0]["type"] == "line_too_long"
+    assert long_line.json()["detail"][0]["line"] == 2
+    empty = await client.post(f"{API}/stream", content=ndjson([header(tag, "v2")]))
+    assert empty.status_code == 422
+    # Nothing of the refused streams was kept: the name is free.
+    assert (
+        await client.post(f"{API}/stream", content=ndjson([header(tag, "v2"), record(tag, 1)]))
+    ).status_code == 201
+    assert await registry.staging_tables() == 0
+
+    # The JSON form still registers as it did, and obeys the same immutability.
+    small = {**header(tag, "v3"), "records": [record(tag, 1), record(tag, 99_999)]}
+    posted = await client.post(API, json=small)
+    assert posted.status_code == 201
+    assert posted.json() == {"dataset": version_query(tag, "v3"), "records": 2, "sealed": True}
+    clash = {**header(tag, "v4"), "records": [record(tag, 2, category="user.behavior")]}
+    refused = await client.post(API, json=clash)
+    assert refused.status_code == 409 and refused.json()["records"][0]["fields"] == ["category"]
+
+
+async def test_a_crash_before_commit_leaves_nothing_sealed(registry: Registry) -> None:
+    tag = uuid.uuid4().hex[:8]
+    client, db, service = registry.client, registry.db, registry.service
+    upload_id = (await client.post(f"{API}/uploads", json=header(tag))).json()["upload_id"]
+    for n in range(2):
+        chunk = ndjson(record(tag, i) for i in range(n * 500, n * 500 + 500))
+        assert (await registry.put_chunk(upload_id, n, chunk)).status_code == 201
+
+    # Hold the version row, so that the seal stops at its last statement with every record
+    # and membership written but not committed; then kill the service there.
+    async with db.acquire() as blocker, blocker.transaction():
+        await blocker.execute(
+            "SELECT 1 FROM dataset_versions WHERE name = $1 FOR UPDATE", f"chat/{tag}"
+        )
+        seal = asyncio.create_task(client.post(f"{API}/uploads/{upload_id}/seal"))
+        for _ in range(200):
+            waiting = await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE '%UPDATE dataset_versions SET sealed_at%'"
+                " AND datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            if waiting:
+                break
+            await asyncio.sleep(0.05)
+        assert waiting, "the seal never reached its last statement"
+        await asyncio.to_thread(service.kill)
+        with pytest.raises(httpx.HTTPError):
+            await seal
+    # The server noticed its client vanished and rolled the transaction back.
+    for _ in range(100):
+        if not await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%UPDATE dataset_versions%'"
+            " AND datname = current_database() AND pid <> pg_backend_pid()"
+        ):
+            break
+        await asyncio.sleep(0.05)
+    sealed_at = await db.fetchval(
+        "SELECT sealed_at FROM dataset_versions WHERE name = $1", f"chat/{tag}"
+    )
+    assert sealed_at is None
+    assert await registry.members(tag) == set()
+    assert not await db.fetchval("SELECT count(*) FROM records WHERE record_id LIKE $1", f"{tag}-%")
+
+    # Restarted, the service seals the same upload: the staged chunks survived.
+    await asyncio.to_thread(service.start)
+    await wait_for_api(service)
+    sealed = await client.post(f"{API}/uploads/{upload_id}/seal")
+    assert sealed.status_code == 200 and sealed.json()["record_count"] == 1000
+
+    # And a stream cut by the crash leaves nothing, not even its reserved name.
+    async def endless() -> AsyncIterator[bytes]:
+        yield ndjson([header(tag, "v2"), *(record(tag, i) for i in range(5000, 5100))])
+        await asyncio.sleep(60)
+
+    stream = asyncio.create_task(client.post(f"{API}/stream", content=endless()))
+    for _ in range(200):
+        if await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY%'"
+            " AND datname = current_database() AND pid <> pg_backend_pid()"
+        ):
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.to_thread(service.kill)
+    stream.cancel()
+    await asyncio.gather(stream, return_exceptions=True)
+    for _ in range(100):
+        if not await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY%'"
+            " AND datname = current_database() AND pid <> pg_backend_pid()"
+        ):
+            break
+        await asyncio.sleep(0.05)
+    assert not await db.fetchval(
+        "SELECT count(*) FROM dataset_versions WHERE version = 'v2' AND name = $1", f"chat/{tag}"
+    )
+    assert await registry.staging_tables() == 0
+
+
+async def test_the_subject_lookup_is_an_index_lookup(
+    make_database: Callable[[str], str],
+) -> None:
+    """At volume (300k memberships, 100k subjects, 3,000 versions), with fresh statistics:
+    index scans on records, memberships and dataset versions, and no sequential scan.
+    (``bench/snapshot_registration.py`` shows the same plan at 11M memberships.)"""
+    dsn = make_database("registry_plan")
+    await asyncio.to_thread(migrate_service, "registry", dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            """
+            INSERT INTO dataset_versions (namespace, name, version, purpose, created_at,
+                                          sealed_at, used_at, record_count)
+            SELECT 's3://training', 'bulk', 'v' || v, 'ai.training', now(), now(), now(), 100
+            FROM generate_series(1, 3000) v;
+            INSERT INTO records (source_system, record_id, subject_id, category, jurisdiction,
+                                 collected_at, content_digest)
+            SELECT 'gen', 'r' || g, 'subject-' || (g % 100000),
+                   (ARRAY['user.content.private', 'user.content.public',
+                          'user.contact'])[1 + g % 3],
+                   'US', now(), 'sha256:' || md5(g::text) || md5(g::text)
+            FROM generate_series(1, 300000) g;
+            INSERT INTO memberships (dataset_version_id, record_pk)
+            SELECT 1 + (record_pk % 3000), record_pk FROM records;
+            ANALYZE records; ANALYZE memberships; ANALYZE dataset_versions;
+            """
+        )
+        for category in (None, "user.content"):
+            [[plan]] = await conn.fetch(
+                "EXPLAIN (FORMAT JSON) " + VERSIONS_OF_SUBJECT_SQL,
+                "subject-4242",
+                category,
+                None,
+                20,
+            )
+            nodes = list(_plan_nodes(json.loads(plan)[0]["Plan"]))
+            scans = {
+                (n["Node Type"], n.get("Index Name")) for n in nodes if "Scan" in n["Node Type"]
+            }
+            assert not any(kind == "Seq Scan" for kind, _ in scans), scans
+            assert any(index == "records_subject_category" for _, index in scans), scans
+            assert any(index == "memberships_pkey" for _, index in scans), scans
+            assert any(index == "dataset_versions_pkey" for _, index in scans), scans
+        rows = await conn.fetch(VERSIONS_OF_SUBJECT_SQL, "subject-4242", None, None, 20)
+        assert sum(r["subject_records"] for r in rows) == 3
+    finally:
+        await conn.close()
+
+
+def _plan_nodes(node: dict[str, Any]) -> Iterable[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", ()):
+        yield from _plan_nodes(child)
