@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, HTTPException
+from pydantic import AfterValidator, BeforeValidator
 
 from contracts.base import DatasetRef
 
-__all__ = ["VersionFilter", "optional_version"]
+__all__ = ["QueryTime", "VersionFilter", "optional_version"]
 
 
 def optional_version(
@@ -24,3 +27,26 @@ def optional_version(
 
 VersionFilter = Annotated[DatasetRef | None, Depends(optional_version)]
 """Query parameters ``namespace``, ``name``, ``version``: all three or none."""
+
+
+_LOST_PLUS = re.compile(r"^(\d{4}-\d{2}-\d{2}T[\d:.]+) (\d{2}:?\d{2})$")
+
+
+def _restore_plus(value: object) -> object:
+    """An unencoded ``+`` in a query string arrives as a space: put it back."""
+    if isinstance(value, str) and (m := _LOST_PLUS.match(value)):
+        return f"{m[1]}+{m[2]}"
+    return value
+
+
+def _require_offset(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(
+            f"timestamp {value.isoformat()} has no UTC offset, so it names no instant;"
+            f" send e.g. {value.isoformat()}Z or {value.isoformat()}%2B02:00"
+        )
+    return value
+
+
+QueryTime = Annotated[datetime, BeforeValidator(_restore_plus), AfterValidator(_require_offset)]
+"""A timestamp in a query string: an offset is required (``Z``, or ``+`` written ``%2B``)."""

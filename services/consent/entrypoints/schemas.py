@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -22,6 +19,7 @@ from contracts.events import ConsentEvent, ConsentEvidence, ConsentMechanism, Co
 from contracts.policy import PolicyDocument
 from services.consent.domain.ledger import ConsentInForce
 from services.consent.domain.model import BATCH_LIMIT, ConsentChange
+from services.runtime.http import QueryTime
 
 __all__ = [
     "BatchError",
@@ -336,28 +334,3 @@ class SubjectExportResponse(BaseModel):
     unresolved_policy_versions: list[str] = Field(
         description="Policy versions the events name that this service holds no document for"
     )
-
-
-# --- query timestamps --------------------------------------------------------------------
-
-_LOST_PLUS = re.compile(r"^(\d{4}-\d{2}-\d{2}T[\d:.]+) (\d{2}:?\d{2})$")
-
-
-def _restore_plus(value: object) -> object:
-    """An unencoded ``+`` in a query string arrives as a space: put it back."""
-    if isinstance(value, str) and (m := _LOST_PLUS.match(value)):
-        return f"{m[1]}+{m[2]}"
-    return value
-
-
-def _require_offset(value: datetime) -> datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(
-            f"timestamp {value.isoformat()} has no UTC offset, so it names no instant;"
-            f" send e.g. {value.isoformat()}Z or {value.isoformat()}%2B02:00"
-        )
-    return value
-
-
-QueryTime = Annotated[datetime, BeforeValidator(_restore_plus), AfterValidator(_require_offset)]
-"""A timestamp in a query string: an offset is required (``Z``, or ``+`` written ``%2B``)."""

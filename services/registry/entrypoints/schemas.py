@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, Field
 
 from contracts.base import DatasetRef
+from services.runtime.http import QueryTime
 
 __all__ = [
     "ChunkInfo",
@@ -116,28 +116,3 @@ class LineErrorResponse(BaseModel):
     """A line that is not a valid record: nothing of the body was kept."""
 
     detail: list[LineErrorItem]
-
-
-# --- query timestamps ------------------------------------------------------------------
-
-_LOST_PLUS = re.compile(r"^(\d{4}-\d{2}-\d{2}T[\d:.]+) (\d{2}:?\d{2})$")
-
-
-def _restore_plus(value: object) -> object:
-    """An unencoded ``+`` in a query string arrives as a space: put it back."""
-    if isinstance(value, str) and (m := _LOST_PLUS.match(value)):
-        return f"{m[1]}+{m[2]}"
-    return value
-
-
-def _require_offset(value: datetime) -> datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(
-            f"timestamp {value.isoformat()} has no UTC offset, so it names no instant;"
-            f" send e.g. {value.isoformat()}Z"
-        )
-    return value
-
-
-QueryTime = Annotated[datetime, BeforeValidator(_restore_plus), AfterValidator(_require_offset)]
-"""A timestamp in a query string: an offset is required (``Z``, or ``+`` written ``%2B``)."""
