@@ -291,13 +291,7 @@ class SnapshotRepository:
             SELECT (SELECT count(*) FROM added) AS members,
                    (SELECT count(*) FROM staged WHERE conflicting) AS conflicting
             """
-        try:
-            async with self._conn.transaction():
-                row = await self._conn.fetchrow(sql, dataset_version_id)
-        except asyncpg.UniqueViolationError:
-            return None
-        assert row is not None
-        return int(row["members"]), int(row["conflicting"])
+        return await self._members_and_conflicts(sql, dataset_version_id)
 
     async def insert_new_records(self, table: str) -> int:
         """The slow path of ``seal_rows``, first step: register the staged records not yet
@@ -341,6 +335,12 @@ class SnapshotRepository:
             SELECT (SELECT count(*) FROM added) AS members,
                    (SELECT count(*) FROM staged WHERE conflicting) AS conflicting
             """
+        return await self._members_and_conflicts(sql, dataset_version_id)
+
+    async def _members_and_conflicts(
+        self, sql: str, dataset_version_id: int
+    ) -> tuple[int, int] | None:
+        """Run a membership insert in a savepoint; None when a record is staged twice."""
         try:
             async with self._conn.transaction():
                 row = await self._conn.fetchrow(sql, dataset_version_id)
