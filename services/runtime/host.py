@@ -35,6 +35,7 @@ from services.runtime.outbox import OutboxRelay
 from services.runtime.settings import ServiceSettings
 from services.runtime.telemetry import extract_from_mapping, setup_tracing, tracer
 from services.runtime.unit_of_work import UnitOfWork, unit_of_work
+from services.runtime.worker import BackgroundWorker, WorkerContext, WorkerSpec
 
 __all__ = ["RuntimeDep", "ServiceRuntime", "ServiceSpec", "create_app", "create_broker"]
 
@@ -53,6 +54,8 @@ class ServiceSpec:
     subscriptions: Sequence[Subscription] = ()
     publishes: Sequence[Topic] = ()
     routers: Sequence[APIRouter] = ()
+    workers: Sequence[WorkerSpec] = ()
+    """Background jobs of the service's own (see ``services.runtime.worker``)."""
 
 
 def create_broker(settings: ServiceSettings) -> KafkaBroker:
@@ -78,6 +81,7 @@ class ServiceRuntime:
         self._pool: asyncpg.Pool | None = None
         self._producer: AIOKafkaProducer | None = None
         self._relay: OutboxRelay | None = None
+        self._workers: list[BackgroundWorker] = []
         self._starter: asyncio.Task[None] | None = None
         self._startup_error: str | None = None
         self.started = asyncio.Event()
@@ -106,6 +110,11 @@ class ServiceRuntime:
         self._producer = await self._retry("kafka producer", self._start_producer)
         self._relay = OutboxRelay(self._pool, self._producer, s)
         await self._relay.start()
+        context = WorkerContext(self._pool, self.source)
+        for worker_spec in self.spec.workers:
+            worker = BackgroundWorker(worker_spec, context, s)
+            await worker.start()
+            self._workers.append(worker)
         await self._retry("kafka consumers", self.broker.start)
         self.started.set()
         log.info("%s ready", self.spec.name)
@@ -154,6 +163,8 @@ class ServiceRuntime:
             self._starter.cancel()
             await asyncio.gather(self._starter, return_exceptions=True)
         await self.broker.stop()
+        for worker in self._workers:
+            await worker.stop()
         if self._relay is not None:
             await self._relay.stop()
         if self._producer is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contracts.events import DatasetFinding
+from contracts.events import DatasetFinding, FindingStatus
 from contracts.openlineage import RunEvent
 from contracts.topics import MODEL_FLAGS
 from services.lineage.adapters.repository import LineageRepository
@@ -24,8 +24,14 @@ async def on_openlineage_event(event: Event[RunEvent], uow: UnitOfWork) -> None:
 
 
 async def on_finding(event: Event[DatasetFinding], uow: UnitOfWork) -> None:
-    """Flag every model downstream of the finding's dataset version, with its evidence path."""
+    """Flag every model downstream of the finding's dataset version, with its evidence path.
+
+    A retraction creates no flag. Removing the flags that rested on it alone is not done
+    yet (lineage issue): they stay, and say which finding they rest on.
+    """
     finding = event.body
+    if finding.status is FindingStatus.RETRACTED:
+        return
     repo = LineageRepository(uow.connection)
     edges = await repo.downstream_edges(
         finding.dataset.namespace, finding.dataset.name, finding.dataset.version

@@ -1,11 +1,40 @@
-"""Findings for dataset versions affected by a consent withdrawal. Pure."""
+"""Findings: what the rules, read now, say of every use of a subject's records. Pure.
+
+A *use* is a subject's records of one category in one sealed dataset version
+(``SubjectUse``), used at the version's time of use for its purpose. Each policy judges
+the uses it speaks to (a rule of it names a purpose covering the use's) under its reading
+in force at the time of use, as published now:
+
+- **improper use** (severity ``destroy_required``): the engine finds the use was not
+  eligible then. Every model trained on it is tainted, whatever happens later.
+- **later withdrawal** (severity from the governing rule): the use was eligible then, and a
+  withdrawal effective afterwards reaches it.
+
+Each use yields ``Contribution``\\ s to findings; a finding is the sum of its
+contributions (``aggregate``). Identity (``FindingCause.finding_id``) comes from the cause
+only, never from counts or arrival order:
+
+- a later withdrawal is caused by one withdrawal event: (dataset version, policy version,
+  severity, rule, the withdrawal);
+- an improper use is caused by a reading of the rules meeting a snapshot: (dataset
+  version, policy version, rule, the engine's reason). It aggregates every subject the
+  reading excludes; the deciding consent events (withdrawals before the snapshot, grants
+  by a mechanism the rule does not accept) are listed as evidence, and adding one more
+  subject changes the finding's counts, not its identity.
+
+So the findings are a function of (uses, consent histories, policy versions): replaying
+the same facts in any order yields the same findings, and a finding the facts no longer
+support (a new reading, a late grant) has no contribution left and is retracted.
+"""
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from uuid import UUID, uuid5
 
 from contracts.base import DatasetRef
@@ -17,43 +46,39 @@ from contracts.events import (
     FindingStatus,
     Severity,
 )
-from contracts.policy import PolicyDocument, WithdrawalRequires
-from services.eligibility import Use, WithdrawalOutcome, policy_in_force, withdrawal_requirement
+from contracts.policy import PolicyDocument, PolicyRule, WithdrawalRequires
+from services.eligibility import (
+    Reason,
+    Use,
+    covers,
+    evaluate,
+    policy_in_force,
+    withdrawal_requirement,
+)
 
-__all__ = ["FINDING_NAMESPACE", "SAMPLE_SIZE", "UsedRecords", "finding_id", "withdrawal_findings"]
+__all__ = [
+    "EVENT_SAMPLE_SIZE",
+    "FINDING_NAMESPACE",
+    "IMPROPER_USE_SEVERITY",
+    "SAMPLE_SIZE",
+    "Contribution",
+    "FindingCause",
+    "FindingTotals",
+    "PolicyBook",
+    "SubjectUse",
+    "aggregate",
+    "finding_body",
+    "judge",
+]
 
 FINDING_NAMESPACE = UUID("2b0c6c1e-8a3f-4d5b-b7e4-9f0a1d2c3e4f")
 SAMPLE_SIZE = 20
-
-
-@dataclass(frozen=True, slots=True)
-class UsedRecords:
-    """A subject's records of one category in one sealed dataset version."""
-
-    dataset: DatasetRef
-    purpose: str
-    used_at: datetime
-    jurisdiction: str
-    category: str
-    record_ids: tuple[str, ...]
-
-
-def finding_id(
-    dataset: DatasetRef,
-    policy: PolicyDocument,
-    reason: FindingReason,
-    severity: Severity,
-    cause_event_ids: Iterable[UUID],
-) -> UUID:
-    """Derived from the cause alone, so a replay or duplicate yields the same finding."""
-    causes = ",".join(sorted(str(c) for c in cause_event_ids))
-    return uuid5(
-        FINDING_NAMESPACE,
-        "|".join(
-            (dataset.key, policy.policy_id, policy.version, reason.value, severity.value, causes)
-        ),
-    )
-
+"""Record ids a finding (and each contribution) lists: the smallest, so a sample is a
+function of the set, not of the order records arrived in."""
+EVENT_SAMPLE_SIZE = 100
+"""Deciding consent events an improper-use finding lists as evidence."""
+IMPROPER_USE_SEVERITY = Severity.DESTROY_REQUIRED
+"""DESIGN §3: a record used when it was not eligible taints every model downstream."""
 
 _SEVERITY = {
     WithdrawalRequires.DESTROY: Severity.DESTROY_REQUIRED,
@@ -62,83 +87,333 @@ _SEVERITY = {
 }
 
 
-def withdrawal_findings(
-    event: ConsentEvent,
-    used: Sequence[UsedRecords],
-    policies: Sequence[tuple[PolicyDocument, datetime]],
-) -> list[DatasetFinding]:
-    """Later-withdrawal findings: one per dataset version and severity the withdrawal reaches.
+@dataclass(frozen=True, slots=True)
+class SubjectUse:
+    """A subject's records of one category (and jurisdiction) in one sealed dataset version."""
 
-    What the withdrawal requires of each use comes from the eligibility engine, under
-    each policy's reading in force for the time of use, as published now.
-    """
-    if event.state is not ConsentState.WITHDRAWN:
-        return []
-    grouped: dict[tuple[DatasetRef, Severity, str, str], list[tuple[UsedRecords, str]]] = (
-        defaultdict(list)
-    )
-    readings: dict[tuple[str, str], PolicyDocument] = {}
-    for records in used:
-        use = Use(
-            subject_id=event.subject_id,
-            jurisdiction=records.jurisdiction,
-            purpose=records.purpose,
-            category=records.category,
-            used_at=records.used_at,
+    dataset_version_id: int
+    dataset: DatasetRef
+    purpose: str
+    sealed_at: datetime
+    used_at: datetime
+    subject_id: str
+    category: str
+    jurisdiction: str
+    records: int
+    sample: tuple[str, ...]
+    """The smallest ``SAMPLE_SIZE`` record ids, sorted."""
+
+    def use(self) -> Use:
+        return Use(
+            subject_id=self.subject_id,
+            jurisdiction=self.jurisdiction,
+            purpose=self.purpose,
+            category=self.category,
+            used_at=self.used_at,
         )
-        for policy in _readings_in_force(policies, records.used_at):
-            outcome = withdrawal_requirement(policy, use, event)
-            if outcome is None or (severity := _SEVERITY.get(outcome.requires)) is None:
+
+
+@dataclass(frozen=True)
+class FindingCause:
+    """Everything that identifies a finding and does not change with its counts."""
+
+    dataset_version_id: int
+    dataset: DatasetRef
+    policy_id: str
+    policy_version: str
+    reason: FindingReason
+    severity: Severity
+    rule_id: str | None
+    detail: str
+    """Improper use: the engine's reason. Later withdrawal: the withdrawal event id."""
+    rule: str
+    """The rule that decided, as legal wrote it (the finding's ``rule``)."""
+    detected_at: datetime
+    """When the system could first know: the latest of the seal, the policy version's
+    publication and (later withdrawal) the withdrawal's recording. Never a deciding
+    event's time for an improper use: that would make it depend on which subjects joined."""
+    cause_event_ids: tuple[UUID, ...] = ()
+    """Later withdrawal: the withdrawal. Improper use: empty (events are evidence)."""
+
+    @cached_property
+    def finding_id(self) -> UUID:
+        return uuid5(
+            FINDING_NAMESPACE,
+            "|".join(
+                (
+                    self.dataset.key,
+                    self.policy_id,
+                    self.policy_version,
+                    self.reason.value,
+                    self.severity.value,
+                    self.rule_id or "",
+                    self.detail,
+                )
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    """What one use adds to one finding."""
+
+    cause: FindingCause
+    subject_id: str
+    category: str
+    records: int
+    sample: tuple[str, ...]
+    events: tuple[UUID, ...] = ()
+    """The consent events that decided (evidence)."""
+
+    @property
+    def key(self) -> tuple[str, int, UUID, str]:
+        """Unique per contribution: (subject, dataset version, finding, category)."""
+        return (
+            self.subject_id,
+            self.cause.dataset_version_id,
+            self.cause.finding_id,
+            self.category,
+        )
+
+
+@dataclass(frozen=True)
+class PolicyBook:
+    """Every policy version the registry knows, grouped by policy id, with memoised readings."""
+
+    versions: Sequence[tuple[PolicyDocument, datetime]]
+    _by_policy: dict[str, list[tuple[PolicyDocument, datetime]]] = field(
+        init=False, default_factory=dict
+    )
+    _published: dict[tuple[str, str], datetime] = field(init=False, default_factory=dict)
+    _readings: dict[tuple[str, datetime], PolicyDocument | None] = field(
+        init=False, default_factory=dict
+    )
+    _speaks: dict[tuple[str, str], bool] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for document, published_at in self.versions:
+            self._by_policy.setdefault(document.policy_id, []).append((document, published_at))
+            key = (document.policy_id, document.version)
+            self._published[key] = max(published_at, self._published.get(key, published_at))
+
+    @property
+    def policy_ids(self) -> list[str]:
+        return sorted(self._by_policy)
+
+    def reading(self, policy_id: str, at: datetime) -> PolicyDocument | None:
+        """The policy's reading in force at ``at``, as published now."""
+        key = (policy_id, at)
+        if key not in self._readings:
+            self._readings[key] = policy_in_force(self._by_policy[policy_id], at)
+        return self._readings[key]
+
+    def published_at(self, policy: PolicyDocument) -> datetime:
+        return self._published[(policy.policy_id, policy.version)]
+
+    def speaks_to(self, policy_id: str, purpose: str) -> bool:
+        """Whether any version of the policy has a rule for a purpose covering ``purpose``."""
+        key = (policy_id, purpose)
+        if key not in self._speaks:
+            self._speaks[key] = any(
+                covers(p, purpose)
+                for document, _ in self._by_policy[policy_id]
+                for rule in document.rules
+                for p in rule.purposes
+            )
+        return self._speaks[key]
+
+    def readings_for(self, use: SubjectUse) -> list[PolicyDocument]:
+        """The readings that judge ``use``: one per policy that speaks to its purpose."""
+        readings = (
+            self.reading(policy_id, use.used_at)
+            for policy_id in self.policy_ids
+            if self.speaks_to(policy_id, use.purpose)
+        )
+        return [r for r in readings if r is not None]
+
+
+def judge(
+    uses: Iterable[SubjectUse],
+    histories: Mapping[str, Sequence[ConsentEvent]],
+    book: PolicyBook,
+) -> list[Contribution]:
+    """Every contribution the uses make to findings, given each subject's whole history.
+
+    Subjects absent from ``histories`` have none: their uses are decided by the policy
+    alone (defaults, lawful bases), memoised per (dataset version, policy version,
+    jurisdiction, category).
+    """
+    contributions: list[Contribution] = []
+    memo: dict[tuple[int, str, str, str, str], list[Contribution]] = {}
+    for use in uses:
+        history = histories.get(use.subject_id, ())
+        for policy in book.readings_for(use):
+            if history:
+                contributions.extend(_judge_one(use, history, policy, book))
                 continue
-            readings[(policy.policy_id, policy.version)] = policy
-            key = (records.dataset, severity, policy.policy_id, policy.version)
-            grouped[key].append((records, _rule_text(policy, outcome)))
-    findings = []
-    for (dataset, severity, policy_id, version), uses in sorted(
-        grouped.items(), key=lambda kv: (kv[0][0].key, *kv[0][1:])
-    ):
-        policy = readings[(policy_id, version)]
-        record_ids = sorted({r for records, _ in uses for r in records.record_ids})
-        cause = (event.consent_event_id,)
-        findings.append(
-            DatasetFinding(
-                finding_id=finding_id(
-                    dataset, policy, FindingReason.LATER_WITHDRAWAL, severity, cause
-                ),
-                status=FindingStatus.ACTIVE,
-                dataset=dataset,
-                severity=severity,
-                reason=FindingReason.LATER_WITHDRAWAL,
-                policy_id=policy.policy_id,
-                policy_version=policy.version,
-                rule="; ".join(sorted({text for _, text in uses}))[:4096],
-                affected_records=len(record_ids),
-                affected_subjects=1,
-                sample_record_ids=tuple(record_ids[:SAMPLE_SIZE]),
-                cause_event_ids=cause,
-                detected_at=event.recorded_at,
+            key = (
+                use.dataset_version_id,
+                policy.policy_id,
+                policy.version,
+                use.jurisdiction,
+                use.category,
+            )
+            if key not in memo:
+                memo[key] = _judge_one(use, (), policy, book)
+            contributions.extend(_rebind(c, use) for c in memo[key])
+    return contributions
+
+
+def _rebind(template: Contribution, use: SubjectUse) -> Contribution:
+    """A memoised no-history contribution, for this use's subject and records."""
+    return Contribution(
+        cause=template.cause,
+        subject_id=use.subject_id,
+        category=use.category,
+        records=use.records,
+        sample=use.sample,
+    )
+
+
+def _judge_one(
+    use: SubjectUse, history: Sequence[ConsentEvent], policy: PolicyDocument, book: PolicyBook
+) -> list[Contribution]:
+    published_at = book.published_at(policy)
+    decision = evaluate(history, policy, use.use())
+    if not decision.eligible:
+        cause = FindingCause(
+            dataset_version_id=use.dataset_version_id,
+            dataset=use.dataset,
+            policy_id=policy.policy_id,
+            policy_version=policy.version,
+            reason=FindingReason.IMPROPER_USE,
+            severity=IMPROPER_USE_SEVERITY,
+            rule_id=decision.rule_id,
+            detail=decision.reason.value,
+            rule=_improper_rule_text(policy, decision.rule_id, decision.reason),
+            detected_at=max(use.sealed_at, published_at),
+        )
+        return [
+            Contribution(
+                cause,
+                use.subject_id,
+                use.category,
+                use.records,
+                use.sample,
+                tuple(sorted(decision.consent_event_ids)),
+            )
+        ]
+    contributions = []
+    for event in history:
+        if event.state is not ConsentState.WITHDRAWN:
+            continue
+        outcome = withdrawal_requirement(policy, use.use(), event)
+        if outcome is None or (severity := _SEVERITY.get(outcome.requires)) is None:
+            continue  # not reached, or the rule requires nothing of trained models
+        cause = FindingCause(
+            dataset_version_id=use.dataset_version_id,
+            dataset=use.dataset,
+            policy_id=policy.policy_id,
+            policy_version=policy.version,
+            reason=FindingReason.LATER_WITHDRAWAL,
+            severity=severity,
+            rule_id=outcome.rule_id,
+            detail=str(event.consent_event_id),
+            rule=_withdrawal_rule_text(policy, outcome.rule_id, outcome.requires, outcome.erasure),
+            detected_at=max(use.sealed_at, published_at, event.recorded_at),
+            cause_event_ids=(event.consent_event_id,),
+        )
+        contributions.append(
+            Contribution(
+                cause,
+                use.subject_id,
+                use.category,
+                use.records,
+                use.sample,
+                (event.consent_event_id,),
             )
         )
-    return findings
+    return contributions
 
 
-def _readings_in_force(
-    versions: Sequence[tuple[PolicyDocument, datetime]], at: datetime
-) -> list[PolicyDocument]:
-    """Each policy's reading in force at ``at``: policies are independent documents, and a
-    use is judged under every one of them (each yields its own findings)."""
-    by_policy: dict[str, list[tuple[PolicyDocument, datetime]]] = defaultdict(list)
-    for document, published_at in versions:
-        by_policy[document.policy_id].append((document, published_at))
-    readings = (policy_in_force(by_policy[policy_id], at) for policy_id in sorted(by_policy))
-    return [reading for reading in readings if reading is not None]
+def _rule(policy: PolicyDocument, rule_id: str | None) -> PolicyRule | None:
+    return next((r for r in policy.rules if r.id == rule_id), None)
 
 
-def _rule_text(policy: PolicyDocument, outcome: WithdrawalOutcome) -> str:
-    """The rule that decided, as legal wrote it: ``id (requires …): description``."""
-    rule = next((r for r in policy.rules if r.id == outcome.rule_id), None)
+def _improper_rule_text(policy: PolicyDocument, rule_id: str | None, reason: Reason) -> str:
+    rule = _rule(policy, rule_id)
+    if rule is None:
+        return f"no rule of policy {policy.policy_id} version {policy.version} governs the use"
+    text = f"{rule.id} (not eligible: {reason.value})"
+    return f"{text}: {rule.description}"[:4096] if rule.description else text
+
+
+def _withdrawal_rule_text(
+    policy: PolicyDocument, rule_id: str | None, requires: WithdrawalRequires, erasure: bool
+) -> str:
+    rule = _rule(policy, rule_id)
     if rule is None:
         return "no rule governs this use: a withdrawal excludes the data from future training"
-    erasure = " + erasure" if outcome.erasure else ""
-    text = f"{rule.id} (withdrawal requires {outcome.requires.value}{erasure})"
-    return f"{text}: {rule.description}" if rule.description else text
+    text = f"{rule.id} (withdrawal requires {requires.value}{' + erasure' if erasure else ''})"
+    return f"{text}: {rule.description}"[:4096] if rule.description else text
+
+
+# --- aggregation -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FindingTotals:
+    """A finding's aggregate over its contributions."""
+
+    records: int
+    subjects: int
+    sample: tuple[str, ...]
+    events: tuple[UUID, ...]
+
+
+def finding_body(
+    cause: FindingCause, totals: FindingTotals | None, previous: DatasetFinding | None = None
+) -> DatasetFinding:
+    """The finding as published. Without contributions (``totals`` None) it is retracted
+    and keeps the counts it had, so a retraction says what it takes back."""
+    if totals is None:
+        if previous is None:
+            raise ValueError("a finding without contributions needs its previous state")
+        return previous.model_copy(update={"status": FindingStatus.RETRACTED})
+    improper = cause.reason is FindingReason.IMPROPER_USE
+    return DatasetFinding(
+        finding_id=cause.finding_id,
+        status=FindingStatus.ACTIVE,
+        dataset=cause.dataset,
+        severity=cause.severity,
+        reason=cause.reason,
+        policy_id=cause.policy_id,
+        policy_version=cause.policy_version,
+        rule=cause.rule,
+        affected_records=totals.records,
+        affected_subjects=totals.subjects,
+        sample_record_ids=totals.sample,
+        cause_event_ids=totals.events[:EVENT_SAMPLE_SIZE] if improper else cause.cause_event_ids,
+        detected_at=cause.detected_at,
+    )
+
+
+def aggregate(contributions: Iterable[Contribution]) -> dict[UUID, DatasetFinding]:
+    """The active findings the contributions add up to (what storage maintains)."""
+    causes: dict[UUID, FindingCause] = {}
+    grouped: dict[UUID, list[Contribution]] = defaultdict(list)
+    for c in contributions:
+        causes.setdefault(c.cause.finding_id, c.cause)
+        grouped[c.cause.finding_id].append(c)
+    return {fid: finding_body(causes[fid], totals(grouped[fid])) for fid in sorted(grouped)}
+
+
+def totals(contributions: Sequence[Contribution]) -> FindingTotals:
+    return FindingTotals(
+        records=sum(c.records for c in contributions),
+        subjects=len({c.subject_id for c in contributions}),
+        sample=tuple(heapq.nsmallest(SAMPLE_SIZE, {r for c in contributions for r in c.sample})),
+        events=tuple(
+            heapq.nsmallest(EVENT_SAMPLE_SIZE, {e for c in contributions for e in c.events})
+        ),
+    )

@@ -24,6 +24,8 @@ from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
 from contracts.base import CategoryPath, DatasetRef, SubjectId
+from contracts.events import FindingStatus, Severity
+from services.registry.adapters.findings import FindingStore
 from services.registry.adapters.repository import RegistryRepository
 from services.registry.adapters.snapshots import SnapshotRepository
 from services.registry.domain.ndjson import MAX_LINE_BYTES, LineTooLong
@@ -334,10 +336,42 @@ async def get_dataset_version(
 
 
 @router.get("/findings")
-async def list_findings(runtime: RuntimeDep, dataset: VersionFilter) -> list[dict[str, Any]]:
-    """Findings, optionally for one dataset version (namespace, name and version together)."""
+async def list_findings(
+    runtime: RuntimeDep,
+    dataset: VersionFilter,
+    subject_id: Annotated[
+        str | None, Query(description="Findings some of this subject's records contribute to")
+    ] = None,
+    severity: Severity | None = None,
+    finding_status: Annotated[
+        FindingStatus | None,
+        Query(alias="status", description="`active` or `retracted`; both when omitted"),
+    ] = None,
+    as_of: Annotated[
+        QueryTime | None,
+        Query(description="Each finding as it was published by then (transaction time)"),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> list[dict[str, Any]]:
+    """Findings by dataset version (namespace, name and version together), subject or
+    severity, each in its latest published state, oldest detection first."""
     async with runtime.pool.acquire() as conn:
-        return await RegistryRepository(conn).findings(dataset)
+        return await FindingStore(conn).findings(
+            dataset=dataset,
+            subject_id=subject_id,
+            severity=severity,
+            status=finding_status,
+            as_of=as_of,
+            limit=limit,
+        )
+
+
+@router.get("/evaluation-jobs")
+async def list_evaluation_jobs(runtime: RuntimeDep) -> list[dict[str, Any]]:
+    """Dataset versions waiting to be re-evaluated whole (after a seal or a new policy
+    version), with the attempts and last error of any that failed."""
+    async with runtime.pool.acquire() as conn:
+        return await FindingStore(conn).pending_jobs()
 
 
 @router.get("/policy-versions")

@@ -1,9 +1,9 @@
-"""Later-withdrawal findings (services.registry.domain.findings).
+"""Findings (services.registry.domain.findings): improper use and later withdrawal.
 
 Which rule governs a use, which policy version is in force and what a withdrawal requires
 are the eligibility engine's (tests/unit/eligibility); these tests check what the registry
-makes of them: which records a withdrawal reaches, with which severity, and how they are
-aggregated into findings.
+makes of them: which uses are judged, under which reading, what each contributes to which
+finding, and how contributions add up.
 """
 
 from __future__ import annotations
@@ -35,10 +35,13 @@ from contracts.policy import (
 from contracts.vocabulary import ConsentMechanism, ConsentState
 from services.eligibility import covers
 from services.registry.domain.findings import (
+    IMPROPER_USE_SEVERITY,
     SAMPLE_SIZE,
-    UsedRecords,
-    finding_id,
-    withdrawal_findings,
+    Contribution,
+    PolicyBook,
+    SubjectUse,
+    aggregate,
+    judge,
 )
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -109,22 +112,56 @@ def dataset(name: str, version: str = "v1") -> DatasetRef:
     return DatasetRef(namespace="s3://lake", name=name, version=version)
 
 
+_VERSION_IDS: dict[str, int] = {}
+
+
 def used(
     ds: DatasetRef,
     category: str,
     *record_ids: str,
+    subject: str = "member:8812",
     purpose: str = "ai.training.generative",
     used_at: datetime = USED,
     jurisdiction: str = "US-CA",
-) -> UsedRecords:
-    return UsedRecords(
+) -> SubjectUse:
+    ids = tuple(sorted(record_ids or ("r1",)))
+    return SubjectUse(
+        dataset_version_id=_VERSION_IDS.setdefault(ds.key, len(_VERSION_IDS) + 1),
         dataset=ds,
         purpose=purpose,
+        sealed_at=used_at,
         used_at=used_at,
-        jurisdiction=jurisdiction,
+        subject_id=subject,
         category=category,
-        record_ids=record_ids or ("r1",),
+        jurisdiction=jurisdiction,
+        records=len(ids),
+        sample=ids[:SAMPLE_SIZE],
     )
+
+
+def granted(subject: str = "member:8812", **overrides: Any) -> ConsentEvent:
+    fields: dict[str, Any] = {
+        "consent_event_id": uuid4(),
+        "subject_id": subject,
+        "state": ConsentState.GRANTED,
+        "mechanism": ConsentMechanism.EXPLICIT_OPT_IN,
+        "data_categories": ("user",),
+        "effective_at": T0 + timedelta(days=1),
+        "recorded_at": T0 + timedelta(days=1),
+    }
+    fields.update(overrides)
+    return consent_event(**fields)
+
+
+def findings_of(
+    uses: list[SubjectUse],
+    events: list[ConsentEvent],
+    versions: list[tuple[PolicyDocument, datetime]] | None = None,
+) -> list[Any]:
+    histories: dict[str, list[ConsentEvent]] = {}
+    for e in events:
+        histories.setdefault(e.subject_id, []).append(e)
+    return list(aggregate(judge(uses, histories, PolicyBook(versions or POLICIES))).values())
 
 
 STANDARD = standard()
@@ -133,23 +170,18 @@ POSTS = dataset("posts")
 INMAIL = dataset("inmail")
 
 
-# --- what a withdrawal reaches, and how severely -------------------------------------------
+# --- later withdrawal: eligible then, withdrawn since ---------------------------------
 
 
 def test_withdrawing_content_reaches_private_messages_with_their_rules_severity() -> None:
     event = consent_event(data_categories=("user.content",))
-    findings = withdrawal_findings(
-        event, [used(INMAIL, "user.content.private", "m2", "m1")], POLICIES
-    )
-
-    assert len(findings) == 1
-    (finding,) = findings
+    (finding,) = findings_of([used(INMAIL, "user.content.private", "m2", "m1")], [granted(), event])
     assert finding.dataset == INMAIL
     assert finding.severity is Severity.DESTROY_REQUIRED
     assert finding.reason is FindingReason.LATER_WITHDRAWAL
     assert finding.status is FindingStatus.ACTIVE
-    assert finding.rule.startswith(f"{PRIVATE_MESSAGES} (withdrawal requires")
-    assert "requires destroy" in finding.rule
+    assert finding.rule.startswith(f"{PRIVATE_MESSAGES} (withdrawal requires destroy)")
+    assert finding.rule.endswith("private messages were promised confidentiality")
     assert (finding.policy_id, finding.policy_version) == ("ai", "1")
     assert finding.affected_records == 2
     assert finding.affected_subjects == 1
@@ -170,106 +202,121 @@ def test_withdrawing_content_reaches_private_messages_with_their_rules_severity(
 def test_the_governing_rules_withdrawal_sets_the_severity(
     requires: WithdrawalRequires, severity: Severity | None
 ) -> None:
-    findings = withdrawal_findings(
-        consent_event(), [used(INMAIL, "user.content.private")], [(standard(requires), T0)]
+    findings = findings_of(
+        [used(INMAIL, "user.content.private")],
+        [granted(), consent_event()],
+        [(standard(requires), T0)],
     )
     assert [f.severity for f in findings] == ([severity] if severity else [])
-    if severity is not None:
-        assert findings[0].rule.startswith(f"{PRIVATE_MESSAGES} (withdrawal requires")
-        assert f"requires {requires.value}" in findings[0].rule
 
 
-def test_the_finding_names_the_rule_and_what_it_requires() -> None:
-    (finding,) = withdrawal_findings(
-        consent_event(), [used(POSTS, "user.content.public")], POLICIES
+def test_each_withdrawal_is_its_own_cause() -> None:
+    first = consent_event(consent_event_id=uuid4())
+    second = consent_event(consent_event_id=uuid4(), effective_at=WITHDRAWN + timedelta(days=9))
+    findings = findings_of([used(POSTS, "user.content.public")], [granted(), first, second])
+    assert sorted(f.cause_event_ids for f in findings) == sorted(
+        [(first.consent_event_id,), (second.consent_event_id,)]
     )
-    assert finding.severity is Severity.RETRAIN_REQUIRED
-    assert finding.rule.startswith("content (withdrawal requires retrain)")
-    assert (finding.policy_id, finding.policy_version) == ("ai", "1")
-
-
-def test_without_a_governing_rule_a_withdrawal_still_excludes_from_future_training() -> None:
-    elsewhere = policy(
-        rule("gb-only", ("user",), WithdrawalRequires.DESTROY, jurisdictions=("GB",))
-    )
-    (finding,) = withdrawal_findings(
-        consent_event(), [used(POSTS, "user.content.public")], [(elsewhere, T0)]
-    )
-    assert finding.severity is Severity.EXCLUDE_FROM_FUTURE
-    assert "no rule" in finding.rule
-
-
-def test_grants_yield_no_findings() -> None:
-    event = consent_event(state=ConsentState.GRANTED, mechanism=ConsentMechanism.EXPLICIT_OPT_IN)
-    assert withdrawal_findings(event, [used(INMAIL, "user.content.private")], POLICIES) == []
 
 
 @pytest.mark.parametrize("purpose", ["analytics", "ai.inference", "ai", "ai.trainingx"])
-def test_datasets_for_other_purposes_are_not_reached(purpose: str) -> None:
-    uses = [used(POSTS, "user.content.public", purpose=purpose)]
-    assert withdrawal_findings(consent_event(purpose="ai.training"), uses, POLICIES) == []
+def test_uses_for_purposes_no_policy_speaks_to_are_not_judged(purpose: str) -> None:
+    assert findings_of([used(POSTS, "user.content.public", purpose=purpose)], []) == []
 
 
-def test_datasets_for_narrower_purposes_are_reached() -> None:
-    uses = [used(POSTS, "user.content.public", purpose="ai.training.generative.chat")]
-    assert len(withdrawal_findings(consent_event(purpose="ai.training"), uses, POLICIES)) == 1
-
-
-@pytest.mark.parametrize("category", ["user.contact", "user.contents", "user", "system.logs"])
-def test_records_of_other_categories_are_not_reached(category: str) -> None:
-    uses = [used(POSTS, category)]
+@pytest.mark.parametrize("category", ["user.contact", "user.contents", "system.logs"])
+def test_withdrawals_of_other_categories_do_not_reach(category: str) -> None:
     event = consent_event(data_categories=("user.content",))
-    assert withdrawal_findings(event, uses, POLICIES) == []
+    findings = findings_of(
+        [used(POSTS, category)], [granted(data_categories=("user", "system")), event]
+    )
+    assert all(f.reason is not FindingReason.LATER_WITHDRAWAL for f in findings)
+
+
+# --- improper use: not eligible at the time of use -------------------------------------
+
+
+def test_a_snapshot_sealed_after_a_withdrawal_is_an_improper_use() -> None:
+    withdrawal = consent_event(effective_at=USED - timedelta(days=1))
+    (finding,) = findings_of(
+        [used(POSTS, "user.content.public", "p1", "p2")], [granted(), withdrawal]
+    )
+    assert finding.reason is FindingReason.IMPROPER_USE
+    assert finding.severity is IMPROPER_USE_SEVERITY is Severity.DESTROY_REQUIRED
+    assert finding.rule.startswith("content (not eligible: withdrawn)")
+    assert finding.cause_event_ids == (withdrawal.consent_event_id,)
+    assert finding.affected_records == 2
 
 
 @pytest.mark.parametrize("after", [timedelta(0), timedelta(microseconds=1), timedelta(days=30)])
-def test_datasets_used_at_or_after_the_withdrawal_are_not_later_withdrawals(
+def test_a_withdrawal_effective_at_or_before_the_use_is_improper_use_not_later_withdrawal(
     after: timedelta,
 ) -> None:
-    # Such a use is an improper use (the engine's evaluate says so), not a later withdrawal.
     uses = [used(POSTS, "user.content.public", used_at=WITHDRAWN + after)]
-    assert withdrawal_findings(consent_event(), uses, POLICIES) == []
+    (finding,) = findings_of(uses, [granted(), consent_event()])
+    assert finding.reason is FindingReason.IMPROPER_USE
     just_before = [
         used(POSTS, "user.content.public", used_at=WITHDRAWN - timedelta(microseconds=1))
     ]
-    assert len(withdrawal_findings(consent_event(), just_before, POLICIES)) == 1
+    (finding,) = findings_of(just_before, [granted(), consent_event()])
+    assert finding.reason is FindingReason.LATER_WITHDRAWAL
 
 
-def test_a_withdrawal_the_policy_requires_nothing_for_yields_no_finding() -> None:
-    lenient = policy(rule("lenient", ("user",), WithdrawalRequires.NONE))
-    assert (
-        withdrawal_findings(consent_event(), [used(POSTS, "user.content")], [(lenient, T0)]) == []
+def test_improper_use_aggregates_every_subject_the_reading_excludes() -> None:
+    """No opt-in recorded: the rule needs one, so each subject's use is improper; one finding
+    per (version, rule, reason) adds them up, whoever the subjects are."""
+    uses = [
+        used(INMAIL, "user.content.private", f"m{i}a", f"m{i}b", subject=f"s{i}") for i in range(5)
+    ]
+    opted_in = granted(subject="s4")
+    (finding,) = findings_of(uses, [opted_in])
+    assert finding.reason is FindingReason.IMPROPER_USE
+    assert finding.rule.startswith(f"{PRIVATE_MESSAGES} (not eligible: no_consent)")
+    assert (finding.affected_records, finding.affected_subjects) == (8, 4)
+    assert finding.sample_record_ids == tuple(sorted(f"m{i}{x}" for i in range(4) for x in "ab"))
+    assert finding.cause_event_ids == ()
+
+
+def test_a_later_withdrawal_of_a_use_that_was_never_eligible_adds_nothing() -> None:
+    (finding,) = findings_of([used(POSTS, "user.content.public")], [consent_event()])
+    assert finding.reason is FindingReason.IMPROPER_USE
+
+
+def test_a_jurisdiction_no_rule_governs_is_improper_for_a_policy_that_speaks_to_the_purpose() -> (
+    None
+):
+    gb_only = policy(rule("gb", ("user",), WithdrawalRequires.DESTROY, jurisdictions=("GB",)))
+    (finding,) = findings_of([used(POSTS, "user.content.public")], [granted()], [(gb_only, T0)])
+    assert finding.reason is FindingReason.IMPROPER_USE
+    assert "no rule" in finding.rule
+
+
+# --- the reading in force ------------------------------------------------------------------
+
+
+def test_without_a_reading_in_force_there_is_no_finding() -> None:
+    early = [used(POSTS, "user.content.public", used_at=T0 - timedelta(microseconds=1))]
+    assert findings_of(early, [granted(), consent_event()]) == []
+
+
+def test_a_re_reading_of_the_past_changes_the_findings_and_their_identity() -> None:
+    """v1 accepts opt-outs for content; the re-reading says only an opt-in ever counted."""
+    lenient_rule = rule("content", ("user.content",), WithdrawalRequires.RETRAIN)
+    lenient_rule = lenient_rule.model_copy(
+        update={"lawful_bases": (LawfulBasis(mechanism=ConsentMechanism.OPT_OUT),)}
     )
+    v1 = policy(lenient_rule)
+    reread = policy(rule("content", ("user.content",), WithdrawalRequires.RETRAIN), version="1-r")
+    opt_out_default = granted(mechanism=ConsentMechanism.OPT_OUT)
+    uses = [used(POSTS, "user.content.public")]
+    events = [opt_out_default, consent_event()]
 
-
-# --- the policy in force ---------------------------------------------------------------------
-
-
-def test_without_a_policy_in_force_there_is_no_finding() -> None:
-    uses = [used(POSTS, "user.content.public", used_at=T0 - timedelta(microseconds=1))]
-    assert withdrawal_findings(consent_event(), uses, POLICIES) == []
-    assert withdrawal_findings(consent_event(), [used(POSTS, "user.content.public")], []) == []
-
-
-def test_the_policy_read_now_for_the_time_of_use_decides() -> None:
-    reread = policy(rule("all", ("user",), WithdrawalRequires.DESTROY), version="1-reread")
-    later = policy(rule("all", ("user",)), version="2", valid_from=USED + timedelta(days=1))
-    history = [(STANDARD, T0), (reread, T0 + timedelta(days=500)), (later, USED)]
-    for versions in (history, history[::-1]):
-        (finding,) = withdrawal_findings(
-            consent_event(), [used(POSTS, "user.content.public")], versions
-        )
-        assert finding.policy_version == "1-reread"
-        assert finding.severity is Severity.DESTROY_REQUIRED
-
-    # A use after the later version's valid_from is judged by that version.
-    (finding,) = withdrawal_findings(
-        consent_event(),
-        [used(POSTS, "user.content.public", used_at=USED + timedelta(days=2))],
-        history,
-    )
-    assert finding.policy_version == "2"
-    assert finding.severity is Severity.EXCLUDE_FROM_FUTURE
+    (before,) = findings_of(uses, events, [(v1, T0)])
+    assert (before.reason, before.policy_version) == (FindingReason.LATER_WITHDRAWAL, "1")
+    (after,) = findings_of(uses, events, [(v1, T0), (reread, T0 + timedelta(days=700))])
+    assert (after.reason, after.policy_version) == (FindingReason.IMPROPER_USE, "1-r")
+    assert after.finding_id != before.finding_id
+    assert after.detected_at == T0 + timedelta(days=700)
 
 
 def test_rule_windows_are_read_at_the_time_of_use() -> None:
@@ -281,95 +328,74 @@ def test_rule_windows_are_read_at_the_time_of_use() -> None:
         used(POSTS, "user.content.public", "early", used_at=USED - timedelta(days=1)),
         used(dataset("posts", "v2"), "user.content.public", "late", used_at=USED),
     ]
-    findings = withdrawal_findings(consent_event(), uses, [(windowed, T0)])
-    assert [(f.dataset.version, f.severity) for f in findings] == [
+    findings = findings_of(uses, [granted(), consent_event()], [(windowed, T0)])
+    assert sorted((f.dataset.version, f.severity) for f in findings) == [
         ("v1", Severity.DESTROY_REQUIRED),
         ("v2", Severity.RETRAIN_REQUIRED),
     ]
 
 
-# --- aggregation -------------------------------------------------------------------------------
-
-
-def test_records_are_aggregated_per_dataset_version_and_severity() -> None:
-    posts_v2 = dataset("posts", "v2")
-    uses = [
-        used(POSTS, "user.content.public", "p1", "p2"),
-        used(POSTS, "user.content.comments", "p3", "p2"),
-        used(POSTS, "user.content.private", "m1"),
-        used(posts_v2, "user.content.public", "p1"),
-    ]
-    findings = withdrawal_findings(consent_event(), uses, POLICIES)
-    summary = [
-        (f.dataset.version, f.severity, f.affected_records, f.sample_record_ids) for f in findings
-    ]
-    assert sorted(summary) == sorted(
-        [
-            ("v1", Severity.RETRAIN_REQUIRED, 3, ("p1", "p2", "p3")),
-            ("v1", Severity.DESTROY_REQUIRED, 1, ("m1",)),
-            ("v2", Severity.RETRAIN_REQUIRED, 1, ("p1",)),
-        ]
+def test_each_policy_judges_the_use_under_its_own_reading() -> None:
+    company = policy(rule("content", ("user.content",), WithdrawalRequires.RETRAIN))
+    contract = policy(
+        rule("premium-messages", ("user.content.private",), WithdrawalRequires.DESTROY),
+        policy_id="premium-contract",
+        valid_from=T0 + timedelta(days=30),
     )
-    assert len({f.finding_id for f in findings}) == 3
-    assert all(f.affected_subjects == 1 for f in findings)
+    findings = findings_of(
+        [used(dataset("chats"), "user.content.private")],
+        [granted(), consent_event()],
+        [(company, T0), (contract, T0)],
+    )
+    assert {(f.policy_id, f.severity) for f in findings} == {
+        ("ai", Severity.RETRAIN_REQUIRED),
+        ("premium-contract", Severity.DESTROY_REQUIRED),
+    }
+
+
+# --- aggregation and identity ------------------------------------------------------------------
 
 
 def test_the_sample_is_bounded_but_the_count_is_not() -> None:
     ids = [f"r{i:04d}" for i in range(3 * SAMPLE_SIZE + 1)]
     random.Random(7).shuffle(ids)
-    (finding,) = withdrawal_findings(consent_event(), [used(POSTS, "user.content", *ids)], POLICIES)
+    uses = [
+        used(POSTS, "user.content", *ids[: len(ids) // 2], subject="a"),
+        used(POSTS, "user.content", *ids[len(ids) // 2 :], subject="b"),
+    ]
+    (finding,) = findings_of(uses, [])
     assert finding.affected_records == len(ids)
-    assert len(finding.sample_record_ids) == SAMPLE_SIZE
     assert finding.sample_record_ids == tuple(sorted(ids)[:SAMPLE_SIZE])
 
 
-# --- finding ids -------------------------------------------------------------------------------
-
-
-def test_finding_ids_are_deterministic_and_follow_the_cause() -> None:
+def test_finding_ids_follow_the_cause_not_the_counts() -> None:
     uses = [used(INMAIL, "user.content.private", "m1")]
-    first = withdrawal_findings(consent_event(), uses, POLICIES)
-    assert first == withdrawal_findings(consent_event(), uses, POLICIES)
-    assert first[0].finding_id.version == 5
-    assert first[0].finding_id == finding_id(
-        INMAIL,
-        STANDARD,
-        FindingReason.LATER_WITHDRAWAL,
-        Severity.DESTROY_REQUIRED,
-        [consent_event().consent_event_id],
-    )
-
-    other_event = withdrawal_findings(consent_event(consent_event_id=uuid4()), uses, POLICIES)
-    assert other_event[0].finding_id != first[0].finding_id
-
+    events = [granted(), consent_event()]
+    (first,) = findings_of(uses, events)
+    assert first.finding_id.version == 5
+    (same,) = findings_of([used(INMAIL, "user.content.private", "m1", "m2")], events)
+    assert same.finding_id == first.finding_id and same.affected_records == 2
+    (other_event,) = findings_of(uses, [granted(), consent_event(consent_event_id=uuid4())])
+    assert other_event.finding_id != first.finding_id
     v2 = STANDARD.model_copy(update={"version": "2"})
-    other_policy = withdrawal_findings(
-        consent_event(), uses, [(STANDARD, T0), (v2, T0 + timedelta(days=1))]
+    (other_policy,) = findings_of(uses, events, [(STANDARD, T0), (v2, T0 + timedelta(days=1))])
+    assert other_policy.finding_id != first.finding_id
+    (other_dataset,) = findings_of(
+        [used(dataset("inmail", "v2"), "user.content.private", "m1")], events
     )
-    assert other_policy[0].policy_version == "2"
-    assert other_policy[0].finding_id != first[0].finding_id
-
-    other_dataset = withdrawal_findings(
-        consent_event(), [used(dataset("inmail", "v2"), "user.content.private", "m1")], POLICIES
-    )
-    assert other_dataset[0].finding_id != first[0].finding_id
-
-    # The records and when the finding was detected are not part of the cause.
-    more_records = withdrawal_findings(
-        consent_event(recorded_at=WITHDRAWN + timedelta(days=3)),
-        [used(INMAIL, "user.content.private", "m1", "m2")],
-        POLICIES,
-    )
-    assert more_records[0].finding_id == first[0].finding_id
+    assert other_dataset.finding_id != first.finding_id
 
 
-def test_finding_ids_do_not_depend_on_the_order_of_causes() -> None:
-    causes = [uuid4() for _ in range(4)]
-    ids = {
-        finding_id(POSTS, STANDARD, FindingReason.LATER_WITHDRAWAL, Severity.RETRAIN_REQUIRED, c)
-        for c in (causes, causes[::-1], sorted(causes, key=str))
-    }
-    assert len(ids) == 1
+def test_subjects_without_history_are_judged_like_those_with_an_irrelevant_one() -> None:
+    """The memoised path (no history) must decide as the engine does per subject."""
+    uses = [
+        used(d, c, f"{s}-{c}", subject=s, jurisdiction=j)
+        for d in (POSTS, INMAIL)
+        for c in ("user.content.public", "user.content.private", "user.contact")
+        for s, j in (("a", "US-CA"), ("b", "DE"), ("c", "US-CA"))
+    ]
+    unrelated = [granted(subject=s, purpose="analytics") for s in "abc"]
+    assert findings_of(uses, []) == findings_of(uses, unrelated)
 
 
 CATEGORIES = ["user.content.public", "user.content.private", "user.contact", "user.content"]
@@ -380,80 +406,81 @@ DATASETS = [
     (dataset("late", "v1"), "ai.training", WITHDRAWN + timedelta(days=1)),
     (dataset("edge", "v1"), "ai.training", WITHDRAWN),
 ]
+SUBJECTS = ["a", "b", "c"]
 
 uses_strategy = st.lists(
     st.tuples(
         st.integers(0, len(DATASETS) - 1),
         st.sampled_from(CATEGORIES),
-        st.sampled_from(["US-CA", "DE", "GB"]),
+        st.sampled_from(SUBJECTS),
         st.integers(1, 4),
     ),
     max_size=12,
+    unique_by=lambda t: (t[0], t[1], t[2]),
+)
+events_strategy = st.lists(
+    st.tuples(
+        st.sampled_from(SUBJECTS),
+        st.sampled_from([ConsentState.GRANTED, ConsentState.WITHDRAWN]),
+        st.sampled_from(["user", "user.content", "user.content.private"]),
+        st.integers(-400, 200),
+    ),
+    max_size=6,
 )
 
 
 @settings(max_examples=75, deadline=None)
-@given(spec=uses_strategy, seed=st.integers(0, 2**32))
-def test_findings_do_not_depend_on_input_order_and_count_every_reached_record(
-    spec: list[tuple[int, str, str, int]], seed: int
+@given(spec=uses_strategy, history=events_strategy, seed=st.integers(0, 2**32))
+def test_findings_are_a_function_of_the_facts_and_count_every_judged_record(
+    spec: list[tuple[int, str, str, int]],
+    history: list[tuple[str, ConsentState, str, int]],
+    seed: int,
 ) -> None:
     uses = []
-    for n, (ds, category, jurisdiction, count) in enumerate(spec):
+    for n, (ds, category, subject, count) in enumerate(spec):
         ref, purpose, used_at = DATASETS[ds]
         ids = tuple(f"u{n}-{i}" for i in range(count))
-        uses.append(UsedRecords(ref, purpose, used_at, jurisdiction, category, ids))
-    event = consent_event(data_categories=("user.content",))
-
-    findings = withdrawal_findings(event, uses, POLICIES)
-    shuffled = list(uses)
-    random.Random(seed).shuffle(shuffled)
-    assert withdrawal_findings(event, shuffled, POLICIES) == findings
-
-    reached: dict[str, int] = {}
-    for use in uses:
-        if (
-            covers("ai.training", use.purpose)
-            and covers("user.content", use.category)
-            and use.used_at < event.effective_at
-        ):
-            reached[use.dataset.key] = reached.get(use.dataset.key, 0) + len(use.record_ids)
-    counted: dict[str, int] = {}
-    for finding in findings:
-        counted[finding.dataset.key] = (
-            counted.get(finding.dataset.key, 0) + finding.affected_records
+        uses.append(used(ref, category, *ids, subject=subject, purpose=purpose, used_at=used_at))
+    events = [
+        consent_event(
+            consent_event_id=uuid4(),
+            subject_id=subject,
+            state=state,
+            mechanism=ConsentMechanism.EXPLICIT_OPT_IN
+            if state is ConsentState.GRANTED
+            else ConsentMechanism.OPT_OUT,
+            data_categories=(category,),
+            effective_at=USED + timedelta(days=days),
+            recorded_at=USED + timedelta(days=days, seconds=1),
         )
-    assert counted == reached
-    assert len({(f.dataset, f.severity) for f in findings}) == len(findings)
+        for subject, state, category, days in history
+    ]
+    findings = findings_of(uses, events)
+    rng = random.Random(seed)
+    shuffled_uses, shuffled_events = list(uses), list(events)
+    rng.shuffle(shuffled_uses)
+    rng.shuffle(shuffled_events)
+    assert findings_of(shuffled_uses, shuffled_events) == findings
+
+    # Every record of a judged use is counted once as improper, or not at all.
+    judged = {
+        (u.dataset.key, u.subject_id, u.category): u.records
+        for u in uses
+        if covers("ai.training", u.purpose)
+    }
+    improper = [f for f in findings if f.reason is FindingReason.IMPROPER_USE]
+    assert sum(f.affected_records for f in improper) <= sum(judged.values())
+    contributions: list[Contribution] = judge(
+        uses,
+        {s: [e for e in events if e.subject_id == s] for s in SUBJECTS},
+        PolicyBook(POLICIES),
+    )
+    per_use: dict[tuple[str, str, str], set[FindingReason]] = {}
+    for c in contributions:
+        per_use.setdefault((c.cause.dataset.key, c.subject_id, c.category), set()).add(
+            c.cause.reason
+        )
+    for key, reasons in per_use.items():
+        assert key in judged
+        assert reasons in ({FindingReason.IMPROPER_USE}, {FindingReason.LATER_WITHDRAWAL})
     assert len({f.finding_id for f in findings}) == len(findings)
-    expected = {
-        "user.content.private": Severity.DESTROY_REQUIRED,
-        "user.content.public": Severity.RETRAIN_REQUIRED,
-        "user.content": Severity.RETRAIN_REQUIRED,
-    }
-    for finding in findings:
-        categories = {
-            u.category
-            for u in uses
-            if u.dataset == finding.dataset and expected.get(u.category) is finding.severity
-        }
-        assert categories, finding
-
-
-def test_each_policy_judges_the_use_under_its_own_reading() -> None:
-    """Two policies are two documents: a newer one does not silence an older one's rules."""
-    company = policy(rule("content", ("user.content",), WithdrawalRequires.RETRAIN))
-    contract = policy(
-        rule("premium-messages", ("user.content.private",), WithdrawalRequires.DESTROY),
-        policy_id="premium-contract",
-        valid_from=T0 + timedelta(days=30),
-    )
-    findings = withdrawal_findings(
-        consent_event(),
-        [used(dataset("chats"), "user.content.private")],
-        [(company, T0), (contract, T0)],
-    )
-    assert {(f.policy_id, f.severity) for f in findings} == {
-        ("ai", Severity.RETRAIN_REQUIRED),
-        ("premium-contract", Severity.DESTROY_REQUIRED),
-    }
-    assert len({f.finding_id for f in findings}) == 2

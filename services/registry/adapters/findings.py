@@ -1,0 +1,453 @@
+"""Findings storage: uses to judge, contributions, findings and their history. SQL only.
+
+Concurrency (one rule, two locks):
+
+- Whoever changes the contributions of a dataset version holds its advisory lock
+  (``lock_versions``, in id order), so two transactions never recompute one finding's
+  totals from different states.
+- A consent transaction holds the *evaluation gate* shared from before it reads anything;
+  a whole-version evaluation first passes the gate exclusively (``pass_gate``), outside its
+  own transaction. Every consent transaction that could have missed a newly sealed version
+  (or read an older policy) has then committed, so the evaluation reads its event.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from contracts.base import DatasetRef
+from contracts.events import DatasetFinding, FindingStatus, Severity
+from services.registry.domain.findings import (
+    EVENT_SAMPLE_SIZE,
+    SAMPLE_SIZE,
+    Contribution,
+    FindingTotals,
+    SubjectUse,
+    finding_body,
+)
+from services.runtime.db import Connection
+
+__all__ = ["EVALUATION_CHANNEL", "ContributionKey", "FindingStore", "StoredContribution"]
+
+_VERSION_LOCK = 0x52454749_00000000
+"""Advisory lock keys for dataset versions: this base plus the version id."""
+_GATE_LOCK = 0x52454749_FFFFFFFF
+EVALUATION_CHANNEL = "registry_evaluation"
+MAX_JOB_ATTEMPTS = 5
+
+_USE_COLUMNS = """dv.dataset_version_id, dv.namespace, dv.name, dv.version, dv.purpose,
+    dv.sealed_at, dv.used_at"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredContribution:
+    records: int
+    sample: tuple[str, ...]
+    events: tuple[UUID, ...]
+
+
+ContributionKey = tuple[str, int, UUID, str]
+
+
+class FindingStore:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    # --- locks ---------------------------------------------------------------------
+
+    async def enter_gate(self) -> None:
+        await self._conn.execute("SELECT pg_advisory_xact_lock_shared($1)", _GATE_LOCK)
+
+    async def pass_gate(self) -> None:
+        """Wait for every consent transaction in flight (call outside a transaction)."""
+        await self._conn.execute("SELECT pg_advisory_lock($1)", _GATE_LOCK)
+        await self._conn.execute("SELECT pg_advisory_unlock($1)", _GATE_LOCK)
+
+    async def lock_versions(self, version_ids: Iterable[int]) -> None:
+        await self._conn.execute(
+            "SELECT pg_advisory_xact_lock($1 + id) FROM unnest($2::bigint[]) AS id ORDER BY id",
+            _VERSION_LOCK,
+            sorted(set(version_ids)),
+        )
+
+    # --- uses ----------------------------------------------------------------------
+
+    async def uses_of_subject(self, subject_id: str) -> list[SubjectUse]:
+        """The subject's uses in every sealed version (index lookups, see registry_0002)."""
+        rows = await self._conn.fetch(
+            f"""
+            SELECT {_USE_COLUMNS}, r.subject_id, r.category, r.jurisdiction,
+                   count(*) AS records,
+                   (array_agg(r.record_id ORDER BY r.record_id))[1:{SAMPLE_SIZE}] AS sample
+            FROM records r
+            JOIN memberships m ON m.record_pk = r.record_pk
+            JOIN dataset_versions dv ON dv.dataset_version_id = m.dataset_version_id
+            WHERE r.subject_id = $1 AND dv.sealed_at IS NOT NULL
+            GROUP BY dv.dataset_version_id, r.subject_id, r.category, r.jurisdiction
+            """,
+            subject_id,
+        )
+        return [_use(row, row) for row in rows]
+
+    async def version(self, version_id: int) -> dict[str, Any] | None:
+        row = await self._conn.fetchrow(
+            f"SELECT {_USE_COLUMNS} FROM dataset_versions dv"
+            " WHERE dv.dataset_version_id = $1 AND dv.sealed_at IS NOT NULL",
+            version_id,
+        )
+        return dict(row) if row else None
+
+    async def uses_of_version(self, version: dict[str, Any]) -> list[SubjectUse]:
+        """Every use in one sealed version, grouped by subject, category and jurisdiction."""
+        rows = await self._conn.fetch(
+            f"""
+            SELECT r.subject_id, r.category, r.jurisdiction, count(*) AS records,
+                   (array_agg(r.record_id ORDER BY r.record_id))[1:{SAMPLE_SIZE}] AS sample
+            FROM memberships m JOIN records r ON r.record_pk = m.record_pk
+            WHERE m.dataset_version_id = $1
+            GROUP BY r.subject_id, r.category, r.jurisdiction
+            """,
+            version["dataset_version_id"],
+        )
+        return [_use(version, row) for row in rows]
+
+    # --- contributions ---------------------------------------------------------------
+
+    async def contributions_of_subject(
+        self, subject_id: str
+    ) -> dict[ContributionKey, StoredContribution]:
+        rows = await self._conn.fetch(
+            "SELECT * FROM finding_contributions WHERE subject_id = $1", subject_id
+        )
+        return _stored(rows)
+
+    async def contributions_of_version(
+        self, version_id: int
+    ) -> dict[ContributionKey, StoredContribution]:
+        rows = await self._conn.fetch(
+            "SELECT * FROM finding_contributions WHERE dataset_version_id = $1", version_id
+        )
+        return _stored(rows)
+
+    async def reconcile(
+        self,
+        desired: Sequence[Contribution],
+        stored: dict[ContributionKey, StoredContribution],
+    ) -> set[UUID]:
+        """Make the stored contributions the desired ones; returns the findings touched."""
+        wanted = {c.key: c for c in desired}
+        changed = [
+            c
+            for key, c in wanted.items()
+            if (s := stored.get(key)) is None
+            or (s.records, s.sample, s.events) != (c.records, c.sample, c.events)
+        ]
+        gone = [key for key in stored if key not in wanted]
+        if gone:
+            await self._conn.execute(
+                """
+                DELETE FROM finding_contributions c
+                USING unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[])
+                      AS g(subject_id, dataset_version_id, finding_id, category)
+                WHERE (c.subject_id, c.dataset_version_id, c.finding_id, c.category)
+                    = (g.subject_id, g.dataset_version_id, g.finding_id, g.category)
+                """,
+                *(list(column) for column in zip(*gone, strict=True)),
+            )
+        if changed:
+            await self._create_findings(changed)
+            await self._conn.execute(
+                """
+                INSERT INTO finding_contributions AS c
+                    (subject_id, dataset_version_id, finding_id, category, records, sample, events)
+                SELECT s, v, f, k, n,
+                       ARRAY(SELECT jsonb_array_elements_text(smp::jsonb)),
+                       ARRAY(SELECT jsonb_array_elements_text(ev::jsonb))::uuid[]
+                FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::integer[],
+                            $6::text[], $7::text[]) AS u(s, v, f, k, n, smp, ev)
+                ON CONFLICT (subject_id, dataset_version_id, finding_id, category) DO UPDATE
+                    SET records = excluded.records, sample = excluded.sample,
+                        events = excluded.events
+                """,
+                [c.subject_id for c in changed],
+                [c.cause.dataset_version_id for c in changed],
+                [c.cause.finding_id for c in changed],
+                [c.category for c in changed],
+                [c.records for c in changed],
+                # One JSON array per row: asyncpg would read nested lists as one 2-D array.
+                [json.dumps(c.sample) for c in changed],
+                [json.dumps([str(e) for e in c.events]) for c in changed],
+            )
+        return {c.cause.finding_id for c in changed} | {key[2] for key in gone}
+
+    async def _create_findings(self, contributions: Sequence[Contribution]) -> None:
+        """A row for each finding not known yet, its body built from its first contribution
+        (``refresh`` then sets the totals)."""
+        first: dict[UUID, Contribution] = {}
+        for c in contributions:
+            first.setdefault(c.cause.finding_id, c)
+        bodies = [
+            finding_body(c.cause, FindingTotals(c.records, 1, c.sample, c.events))
+            for c in first.values()
+        ]
+        await self._conn.executemany(
+            """
+            INSERT INTO findings (finding_id, dataset_version_id, namespace, name, version,
+                status, severity, reason, policy_id, policy_version, detected_at, body)
+            VALUES ($1, $2, $3, $4, $5, 'new', $6, $7, $8, $9, $10, $11)
+            ON CONFLICT (finding_id) DO NOTHING
+            """,
+            [
+                (
+                    b.finding_id,
+                    first[b.finding_id].cause.dataset_version_id,
+                    b.dataset.namespace,
+                    b.dataset.name,
+                    b.dataset.version,
+                    b.severity.value,
+                    b.reason.value,
+                    b.policy_id,
+                    b.policy_version,
+                    b.detected_at,
+                    b.model_dump(mode="json"),
+                )
+                for b in bodies
+            ],
+        )
+
+    async def refresh(
+        self, finding_ids: Iterable[UUID], trace_id: str | None = None
+    ) -> list[tuple[DatasetFinding, int]]:
+        """Recompute the findings' totals from their contributions; store and return those
+        whose published state changes, each with its history sequence number."""
+        ids = sorted(set(finding_ids))
+        if not ids:
+            return []
+        rows = await self._conn.fetch(
+            f"""
+            SELECT f.finding_id, f.status, f.body::text AS body, t.records, t.subjects,
+                   ARRAY(SELECT DISTINCT x FROM finding_contributions c2,
+                                unnest(c2.sample) AS x
+                         WHERE c2.finding_id = f.finding_id
+                         ORDER BY x LIMIT {SAMPLE_SIZE}) AS sample,
+                   ARRAY(SELECT DISTINCT e FROM finding_contributions c3,
+                                unnest(c3.events) AS e
+                         WHERE c3.finding_id = f.finding_id
+                         ORDER BY e LIMIT {EVENT_SAMPLE_SIZE}) AS events
+            FROM findings f
+            CROSS JOIN LATERAL (
+                SELECT coalesce(sum(c.records), 0) AS records,
+                       count(DISTINCT c.subject_id) AS subjects
+                FROM finding_contributions c WHERE c.finding_id = f.finding_id
+            ) t
+            WHERE f.finding_id = ANY($1::uuid[])
+            ORDER BY f.finding_id
+            """,
+            ids,
+        )
+        changed = []
+        for row in rows:
+            previous = DatasetFinding.model_validate_json(row["body"])
+            if row["records"] == 0:
+                if row["status"] != FindingStatus.ACTIVE.value:
+                    continue  # never published, or already retracted
+                body = previous.model_copy(update={"status": FindingStatus.RETRACTED})
+            else:
+                body = _with_totals(
+                    previous,
+                    FindingTotals(
+                        int(row["records"]),
+                        int(row["subjects"]),
+                        tuple(row["sample"]),
+                        tuple(row["events"]),
+                    ),
+                )
+                if row["status"] == body.status.value and body == previous:
+                    continue
+            seq = await self._conn.fetchval(
+                """
+                WITH updated AS (
+                    UPDATE findings SET body = $2, status = $3, affected_records = $4,
+                        affected_subjects = $5, trace_id = $6, updated_at = now()
+                    WHERE finding_id = $1
+                )
+                INSERT INTO finding_events (finding_id, status, body) VALUES ($1, $3, $2)
+                RETURNING seq
+                """,
+                body.finding_id,
+                body.model_dump(mode="json"),
+                body.status.value,
+                body.affected_records,
+                body.affected_subjects,
+                trace_id,
+            )
+            changed.append((body, int(seq)))
+        return changed
+
+    # --- jobs ------------------------------------------------------------------------
+
+    async def enqueue_versions(self, version_ids: Sequence[int], cause: str) -> int:
+        status = await self._conn.execute(
+            """
+            INSERT INTO evaluation_jobs (dataset_version_id, cause)
+            SELECT unnest($1::bigint[]), $2
+            ON CONFLICT (dataset_version_id) DO UPDATE
+                SET cause = excluded.cause, enqueued_at = now(), attempts = 0, last_error = NULL
+            """,
+            list(version_ids),
+            cause,
+        )
+        await self._conn.execute("SELECT pg_notify($1, '')", EVALUATION_CHANNEL)
+        return int(status.rsplit(" ", 1)[1])
+
+    async def versions_in_window(self, start: datetime, end: datetime | None) -> list[int]:
+        """Sealed versions whose time of use is in ``[start, end)``."""
+        rows = await self._conn.fetch(
+            """
+            SELECT dataset_version_id FROM dataset_versions
+            WHERE sealed_at IS NOT NULL AND used_at >= $1
+              AND ($2::timestamptz IS NULL OR used_at < $2)
+            """,
+            start,
+            end,
+        )
+        return [r["dataset_version_id"] for r in rows]
+
+    async def next_job(self) -> int | None:
+        return await self._conn.fetchval(  # type: ignore[no-any-return]
+            "SELECT dataset_version_id FROM evaluation_jobs WHERE attempts < $1"
+            " ORDER BY enqueued_at, dataset_version_id LIMIT 1",
+            MAX_JOB_ATTEMPTS,
+        )
+
+    async def claim_job(self, version_id: int) -> datetime | None:
+        """Lock the job row (None when another worker has it or it is done)."""
+        return await self._conn.fetchval(  # type: ignore[no-any-return]
+            "SELECT enqueued_at FROM evaluation_jobs WHERE dataset_version_id = $1"
+            " FOR UPDATE SKIP LOCKED",
+            version_id,
+        )
+
+    async def finish_job(self, version_id: int, enqueued_at: datetime) -> None:
+        """Done, unless it was enqueued again meanwhile (then it runs once more)."""
+        await self._conn.execute(
+            "DELETE FROM evaluation_jobs WHERE dataset_version_id = $1 AND enqueued_at = $2",
+            version_id,
+            enqueued_at,
+        )
+        await self._conn.execute(
+            "UPDATE dataset_versions SET evaluated_at = now() WHERE dataset_version_id = $1",
+            version_id,
+        )
+
+    async def fail_job(self, version_id: int, error: str) -> None:
+        await self._conn.execute(
+            "UPDATE evaluation_jobs SET attempts = attempts + 1, last_error = $2"
+            " WHERE dataset_version_id = $1",
+            version_id,
+            error[:2000],
+        )
+
+    async def pending_jobs(self) -> list[dict[str, Any]]:
+        rows = await self._conn.fetch(
+            """
+            SELECT dv.namespace, dv.name, dv.version, j.cause, j.enqueued_at, j.attempts,
+                   j.last_error
+            FROM evaluation_jobs j JOIN dataset_versions dv USING (dataset_version_id)
+            ORDER BY j.enqueued_at
+            """
+        )
+        return [dict(r) for r in rows]
+
+    # --- queries ---------------------------------------------------------------------
+
+    async def findings(
+        self,
+        *,
+        dataset: DatasetRef | None = None,
+        subject_id: str | None = None,
+        severity: Severity | None = None,
+        status: FindingStatus | None = None,
+        as_of: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """Findings, each in its latest published state (as of ``as_of`` when given)."""
+        rows = await self._conn.fetch(
+            """
+            WITH chosen AS (
+                SELECT f.finding_id, f.trace_id, f.detected_at FROM findings f
+                WHERE f.status <> 'new'
+                  AND ($1::text IS NULL OR (f.namespace, f.name, f.version) = ($1, $2, $3))
+                  AND ($4::text IS NULL OR f.finding_id IN (
+                        SELECT c.finding_id FROM finding_contributions c
+                        WHERE c.subject_id = $4))
+                  AND ($5::text IS NULL OR f.severity = $5)
+            ), states AS (
+                SELECT DISTINCT ON (e.finding_id) e.finding_id, e.status, e.body,
+                       e.recorded_at, chosen.trace_id, chosen.detected_at
+                FROM chosen JOIN finding_events e USING (finding_id)
+                WHERE $7::timestamptz IS NULL OR e.recorded_at <= $7
+                ORDER BY e.finding_id, e.seq DESC
+            )
+            SELECT body, trace_id, recorded_at FROM states
+            WHERE $6::text IS NULL OR status = $6
+            ORDER BY detected_at, finding_id
+            LIMIT $8
+            """,
+            dataset.namespace if dataset else None,
+            dataset.name if dataset else None,
+            dataset.version if dataset else None,
+            subject_id,
+            severity.value if severity else None,
+            status.value if status else None,
+            as_of,
+            limit,
+        )
+        return [
+            {"finding": r["body"], "trace_id": r["trace_id"], "as_of": r["recorded_at"]}
+            for r in rows
+        ]
+
+
+def _use(version: Any, row: Any) -> SubjectUse:
+    return SubjectUse(
+        dataset_version_id=version["dataset_version_id"],
+        dataset=DatasetRef(
+            namespace=version["namespace"], name=version["name"], version=version["version"]
+        ),
+        purpose=version["purpose"],
+        sealed_at=version["sealed_at"],
+        used_at=version["used_at"],
+        subject_id=row["subject_id"],
+        category=row["category"],
+        jurisdiction=row["jurisdiction"],
+        records=int(row["records"]),
+        sample=tuple(row["sample"]),
+    )
+
+
+def _stored(rows: Sequence[Any]) -> dict[ContributionKey, StoredContribution]:
+    return {
+        (r["subject_id"], r["dataset_version_id"], r["finding_id"], r["category"]): (
+            StoredContribution(r["records"], tuple(r["sample"]), tuple(r["events"]))
+        )
+        for r in rows
+    }
+
+
+def _with_totals(previous: DatasetFinding, totals: FindingTotals) -> DatasetFinding:
+    improper = previous.reason.value == "improper_use"
+    update: dict[str, Any] = {
+        "status": FindingStatus.ACTIVE,
+        "affected_records": totals.records,
+        "affected_subjects": totals.subjects,
+        "sample_record_ids": totals.sample,
+    }
+    if improper:
+        update["cause_event_ids"] = totals.events
+    return previous.model_copy(update=update)

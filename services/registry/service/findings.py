@@ -1,0 +1,158 @@
+"""Keeping findings true to the facts: after a consent event, a seal, a policy version.
+
+Two paths, one computation (``domain.findings.judge``) and one write (``_settle``):
+
+- a consent event re-judges that subject's uses, in the consumer's transaction;
+- a seal or a new policy version enqueues whole dataset versions (``evaluation_jobs``),
+  which ``EvaluationWorker`` re-judges one per transaction, off the event path (a policy
+  version can reach millions of memberships; a consumer must not hold a batch that long).
+
+Both publish every finding whose published state changes (new, new totals, retracted,
+active again) on ``registry.findings.v1`` through the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from uuid import NAMESPACE_URL, uuid5
+
+from contracts.events import DatasetFinding, PolicyChange
+from contracts.topics import FINDINGS
+from services.registry.adapters.findings import (
+    EVALUATION_CHANNEL,
+    ContributionKey,
+    FindingStore,
+    StoredContribution,
+)
+from services.registry.adapters.repository import RegistryRepository
+from services.registry.domain.findings import Contribution, PolicyBook, judge
+from services.runtime.db import Connection
+from services.runtime.telemetry import current_trace_id
+from services.runtime.unit_of_work import UnitOfWork, unit_of_work
+from services.runtime.worker import WorkerContext, WorkerSpec
+
+__all__ = [
+    "EVALUATION_WORKER",
+    "enqueue_evaluation",
+    "enqueue_for_policy",
+    "evaluate_next_version",
+    "reevaluate_subject",
+]
+
+log = logging.getLogger(__name__)
+HISTORY_PAGE = 5_000
+"""Subjects whose consent histories one query loads during a whole-version evaluation."""
+
+
+async def enqueue_evaluation(conn: Connection, version_ids: Sequence[int], cause: str) -> int:
+    """Ask for whole-version evaluations (in the caller's transaction)."""
+    if not version_ids:
+        return 0
+    return await FindingStore(conn).enqueue_versions(version_ids, cause)
+
+
+async def enqueue_for_policy(uow: UnitOfWork, change: PolicyChange) -> int:
+    """Every sealed version whose reading of this policy the new version may change: those
+    used from its ``valid_from`` until the next version of the policy takes over."""
+    policy = change.policy
+    later = [
+        doc.valid_from
+        for doc, _ in await RegistryRepository(uow.connection).policies()
+        if doc.policy_id == policy.policy_id and doc.valid_from > policy.valid_from
+    ]
+    store = FindingStore(uow.connection)
+    versions = await store.versions_in_window(policy.valid_from, min(later, default=None))
+    return await enqueue_evaluation(
+        uow.connection, versions, f"policy {policy.policy_id} version {policy.version}"
+    )
+
+
+async def reevaluate_subject(uow: UnitOfWork, subject_id: str) -> int:
+    """Re-judge every use of one subject; returns how many findings changed."""
+    conn = uow.connection
+    store = FindingStore(conn)
+    await store.enter_gate()
+    uses = await store.uses_of_subject(subject_id)
+    stored = await store.contributions_of_subject(subject_id)
+    if not uses and not stored:
+        return 0
+    await store.lock_versions({u.dataset_version_id for u in uses} | {k[1] for k in stored})
+    histories = await RegistryRepository(conn).histories([subject_id])
+    book = PolicyBook(await RegistryRepository(conn).policies())
+    return await _settle(uow, store, judge(uses, histories, book), stored)
+
+
+async def evaluate_next_version(ctx: WorkerContext) -> bool:
+    """Work off one evaluation job; False when there is none."""
+    async with ctx.pool.acquire() as conn:
+        store = FindingStore(conn)
+        version_id = await store.next_job()
+        if version_id is None:
+            return False
+        # Outside any transaction: every consent transaction that may have judged its
+        # subject without this version (or under an older policy) commits first.
+        await store.pass_gate()
+    try:
+        async with unit_of_work(ctx.pool, ctx.source) as uow:
+            await _evaluate_version(uow, version_id)
+    except Exception as exc:
+        if ctx.is_transient(exc):
+            raise
+        log.exception("evaluation of dataset version %s failed", version_id)
+        async with ctx.pool.acquire() as conn:
+            await FindingStore(conn).fail_job(version_id, f"{type(exc).__name__}: {exc}")
+    return True
+
+
+async def _evaluate_version(uow: UnitOfWork, version_id: int) -> None:
+    store = FindingStore(uow.connection)
+    enqueued_at = await store.claim_job(version_id)
+    if enqueued_at is None:
+        return  # another worker has it, or it is done
+    await store.lock_versions([version_id])
+    version = await store.version(version_id)
+    if version is not None:
+        repo = RegistryRepository(uow.connection)
+        uses = await store.uses_of_version(version)
+        subjects = sorted({u.subject_id for u in uses})
+        histories = {}
+        for start in range(0, len(subjects), HISTORY_PAGE):
+            histories.update(await repo.histories(subjects[start : start + HISTORY_PAGE]))
+        book = PolicyBook(await repo.policies())
+        changed = await _settle(
+            uow,
+            store,
+            judge(uses, histories, book),
+            await store.contributions_of_version(version_id),
+        )
+        log.info("dataset version %s evaluated: %d finding(s) changed", version_id, changed)
+    await store.finish_job(version_id, enqueued_at)
+
+
+async def _settle(
+    uow: UnitOfWork,
+    store: FindingStore,
+    desired: Sequence[Contribution],
+    stored: dict[ContributionKey, StoredContribution],
+) -> int:
+    touched = await store.reconcile(desired, stored)
+    changed = await store.refresh(touched, current_trace_id())
+    for finding, seq in changed:
+        _publish(uow, finding, seq)
+    return len(changed)
+
+
+def _publish(uow: UnitOfWork, finding: DatasetFinding, seq: int) -> None:
+    """One message per published state: its id names the finding and the state's number."""
+    uow.publish(
+        FINDINGS,
+        finding,
+        key=finding.dataset.key,
+        event_id=str(uuid5(NAMESPACE_URL, f"finding:{finding.finding_id}:{seq}")),
+    )
+
+
+EVALUATION_WORKER = WorkerSpec(
+    name="finding-evaluation", step=evaluate_next_version, channel=EVALUATION_CHANNEL
+)
