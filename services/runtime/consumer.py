@@ -28,7 +28,7 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from faststream.message import StreamMessage
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import Link, Span, SpanKind, get_current_span
 
 from contracts.topics import Topic
 from services.runtime import metrics
@@ -40,11 +40,12 @@ from services.runtime.settings import ServiceSettings
 from services.runtime.telemetry import extract_from_headers, tracer
 from services.runtime.unit_of_work import UnitOfWork, unit_of_work
 
-__all__ = ["EventConsumer", "EventHandler", "Subscription"]
+__all__ = ["BatchHandler", "EventConsumer", "EventHandler", "Subscription"]
 
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[[Event[Any], UnitOfWork], Awaitable[None]]
+BatchHandler = Callable[[Sequence[Event[Any]], UnitOfWork], Awaitable[None]]
 
 
 class Decoder(Protocol):
@@ -68,6 +69,11 @@ class Subscription:
     handler: EventHandler
     decoder: Decoder = field(default=decode_event)
     description: str = ""
+    batch_handler: BatchHandler | None = None
+    """Handles a fetched batch's new events at once (set-based SQL instead of a round trip
+    per event); must mean the same as ``handler`` on each event in order. When it fails
+    with anything but a transient error, the batch is processed again one record at a
+    time with ``handler``, so a bad event is still dead-lettered alone."""
 
 
 class EventConsumer:
@@ -136,7 +142,10 @@ class EventConsumer:
         while True:
             try:
                 async with unit_of_work(self._pool(), self._source) as uow:
-                    outcomes = [await self._in_batch(sub, record, uow) for record in records]
+                    if sub.batch_handler is not None:
+                        outcomes = await self._as_batch(sub, sub.batch_handler, records, uow)
+                    else:
+                        outcomes = [await self._in_batch(sub, record, uow) for record in records]
                 break
             except Exception as exc:
                 if not is_transient(exc):
@@ -168,6 +177,40 @@ class EventConsumer:
                 return "processed"
             except PermanentError as exc:
                 return await self._dead_letter_in(uow, record, exc, event)
+
+    async def _as_batch(
+        self,
+        sub: Subscription,
+        handler: BatchHandler,
+        records: Sequence[ConsumerRecord[bytes, bytes]],
+        uow: UnitOfWork,
+    ) -> list[str]:
+        """Decode every record (dead-lettering what breaks the contract), keep the events
+        the inbox has not seen, and hand them to the batch handler in one call.
+
+        Its span continues the trace of a lone event; for several, it links to each
+        event's trace (OpenTelemetry's convention for batch processing).
+        """
+        outcomes: list[str] = []
+        fresh: list[Event[Any]] = []
+        decoded: list[tuple[int, Event[Any]]] = []
+        for i, record in enumerate(records):
+            outcomes.append("duplicate")
+            try:
+                decoded.append((i, _decode(sub, record)))
+            except PermanentError as exc:
+                outcomes[i] = await self._dead_letter_in(uow, record, exc)
+        new_ids = await uow.record_inbox_many([e.id for _, e in decoded], sub.topic.name)
+        for i, event in decoded:
+            if event.id in new_ids:
+                new_ids.discard(event.id)  # the same id twice in one batch: once
+                fresh.append(event)
+                outcomes[i] = "processed"
+        if fresh:
+            kept = [records[i] for i, _ in decoded if outcomes[i] == "processed"]
+            with _batch_span(sub.topic.name, kept):
+                await handler(fresh, uow)
+        return outcomes
 
     async def process(self, sub: Subscription, record: ConsumerRecord[bytes, bytes]) -> str:
         """Process one record on its own to a final outcome; returns it."""
@@ -292,6 +335,32 @@ def _span(record: ConsumerRecord[bytes, bytes]) -> AbstractContextManager[Span]:
             "messaging.destination.name": record.topic,
             "messaging.kafka.destination.partition": record.partition,
             "messaging.kafka.message.offset": record.offset,
+        },
+    )
+
+
+def _batch_span(
+    topic: str, records: Sequence[ConsumerRecord[bytes, bytes]]
+) -> AbstractContextManager[Span]:
+    if len(records) == 1:
+        return _span(records[0])
+    links = [
+        Link(span_context)
+        for record in records
+        if (
+            span_context := get_current_span(
+                extract_from_headers(list(record.headers or ()))
+            ).get_span_context()
+        ).is_valid
+    ]
+    return tracer().start_as_current_span(
+        f"{topic} process",
+        kind=SpanKind.CONSUMER,
+        links=links[:128],
+        attributes={
+            "messaging.system": "kafka",
+            "messaging.destination.name": topic,
+            "messaging.batch.message_count": len(records),
         },
     )
 

@@ -255,6 +255,14 @@ class FakeConnection:
             return True
         raise NotImplementedError(query)
 
+    async def fetch(self, query: str, *args: object) -> list[dict[str, object]]:
+        if "INSERT INTO inbox" in query:
+            ids = [str(i) for i in args[0]]  # type: ignore[attr-defined]
+            new = [i for i in dict.fromkeys(ids) if i not in self._pool.inbox]
+            self._pool.inbox.update(new)
+            return [{"event_id": i} for i in new]
+        raise NotImplementedError(query)
+
     async def executemany(self, query: str, rows: Iterable[tuple[object, ...]]) -> None:
         if "INSERT INTO outbox" not in query:
             raise NotImplementedError(query)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import asyncpg
@@ -57,6 +57,20 @@ class UnitOfWork:
             current_trace_id(),
         )
         return bool(inserted)
+
+    async def record_inbox_many(self, event_ids: Sequence[str], topic: str) -> set[str]:
+        """Record consumed event ids at once; returns those not processed before."""
+        if not event_ids:
+            return set()
+        rows = await self.connection.fetch(
+            "INSERT INTO inbox (event_id, topic, trace_id)"
+            " SELECT unnest($1::text[]), $2, $3"
+            " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+            list(event_ids),
+            topic,
+            current_trace_id(),
+        )
+        return {row["event_id"] for row in rows}
 
     async def _flush(self) -> None:
         await enqueue(self.connection, self._outbox)

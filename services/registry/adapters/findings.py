@@ -77,8 +77,8 @@ class FindingStore:
 
     # --- uses ----------------------------------------------------------------------
 
-    async def uses_of_subject(self, subject_id: str) -> list[SubjectUse]:
-        """The subject's uses in every sealed version (index lookups, see registry_0002)."""
+    async def uses_of_subjects(self, subject_ids: Sequence[str]) -> list[SubjectUse]:
+        """The subjects' uses in every sealed version (index lookups, see registry_0002)."""
         rows = await self._conn.fetch(
             f"""
             SELECT {_USE_COLUMNS}, r.subject_id, r.category, r.jurisdiction,
@@ -87,10 +87,10 @@ class FindingStore:
             FROM records r
             JOIN memberships m ON m.record_pk = r.record_pk
             JOIN dataset_versions dv ON dv.dataset_version_id = m.dataset_version_id
-            WHERE r.subject_id = $1 AND dv.sealed_at IS NOT NULL
+            WHERE r.subject_id = ANY($1::text[]) AND dv.sealed_at IS NOT NULL
             GROUP BY dv.dataset_version_id, r.subject_id, r.category, r.jurisdiction
             """,
-            subject_id,
+            list(subject_ids),
         )
         return [_use(row, row) for row in rows]
 
@@ -118,11 +118,12 @@ class FindingStore:
 
     # --- contributions ---------------------------------------------------------------
 
-    async def contributions_of_subject(
-        self, subject_id: str
+    async def contributions_of_subjects(
+        self, subject_ids: Sequence[str]
     ) -> dict[ContributionKey, StoredContribution]:
         rows = await self._conn.fetch(
-            "SELECT * FROM finding_contributions WHERE subject_id = $1", subject_id
+            "SELECT * FROM finding_contributions WHERE subject_id = ANY($1::text[])",
+            list(subject_ids),
         )
         return _stored(rows)
 

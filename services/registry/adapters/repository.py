@@ -53,6 +53,39 @@ class RegistryRepository:
         )
         return bool(inserted)
 
+    async def save_consents(self, events: Sequence[ConsentEvent]) -> list[ConsentEvent]:
+        """Project many consent events in one statement; returns those new to the projection."""
+        if not events:
+            return []
+        rows = await self._conn.fetch(
+            """
+            INSERT INTO consent_projection (consent_event_id, subject_id, purpose,
+                data_categories, state, effective_at, recorded_at, event)
+            SELECT e.id, e.subject_id, e.purpose,
+                   ARRAY(SELECT jsonb_array_elements_text(e.body::jsonb -> 'data_categories')),
+                   e.state, e.effective_at, e.recorded_at, e.body::jsonb
+            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                        $6::timestamptz[], $7::text[])
+                 AS e(id, subject_id, purpose, state, effective_at, recorded_at, body)
+            ON CONFLICT DO NOTHING RETURNING consent_event_id
+            """,
+            [e.consent_event_id for e in events],
+            [e.subject_id for e in events],
+            [e.purpose for e in events],
+            [e.state.value for e in events],
+            [e.effective_at for e in events],
+            [e.recorded_at for e in events],
+            [e.model_dump_json() for e in events],
+        )
+        new = {row["consent_event_id"] for row in rows}
+        return [e for e in events if e.consent_event_id in new]
+
+    async def policies_fingerprint(self) -> tuple[int, object]:
+        """Changes whenever a policy version is added: the key of a cached ``PolicyBook``."""
+        row = await self._conn.fetchrow("SELECT count(*), max(published_at) FROM policy_versions")
+        assert row is not None
+        return (int(row[0]), row[1])
+
     async def histories(self, subject_ids: Sequence[str]) -> dict[str, list[ConsentEvent]]:
         """Every projected consent event of each subject (index lookup), oldest first.
 

@@ -37,7 +37,7 @@ __all__ = [
     "enqueue_evaluation",
     "enqueue_for_policy",
     "evaluate_next_version",
-    "reevaluate_subject",
+    "reevaluate_subjects",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,19 +68,35 @@ async def enqueue_for_policy(uow: UnitOfWork, change: PolicyChange) -> int:
     )
 
 
-async def reevaluate_subject(uow: UnitOfWork, subject_id: str) -> int:
-    """Re-judge every use of one subject; returns how many findings changed."""
+async def reevaluate_subjects(uow: UnitOfWork, subject_ids: Sequence[str]) -> int:
+    """Re-judge every use of these subjects; returns how many findings changed."""
+    if not subject_ids:
+        return 0
     conn = uow.connection
     store = FindingStore(conn)
     await store.enter_gate()
-    uses = await store.uses_of_subject(subject_id)
-    stored = await store.contributions_of_subject(subject_id)
+    subjects = sorted(set(subject_ids))
+    uses = await store.uses_of_subjects(subjects)
+    stored = await store.contributions_of_subjects(subjects)
     if not uses and not stored:
         return 0
     await store.lock_versions({u.dataset_version_id for u in uses} | {k[1] for k in stored})
-    histories = await RegistryRepository(conn).histories([subject_id])
-    book = PolicyBook(await RegistryRepository(conn).policies())
+    repo = RegistryRepository(conn)
+    histories = await repo.histories(sorted({u.subject_id for u in uses}))
+    book = await _policy_book(repo)
     return await _settle(uow, store, judge(uses, histories, book), stored)
+
+
+_BOOK: tuple[tuple[int, object], PolicyBook] | None = None
+
+
+async def _policy_book(repo: RegistryRepository) -> PolicyBook:
+    """The policy versions, parsed once per change of the projection (not per event)."""
+    global _BOOK
+    fingerprint = await repo.policies_fingerprint()
+    if _BOOK is None or _BOOK[0] != fingerprint:
+        _BOOK = (fingerprint, PolicyBook(await repo.policies()))
+    return _BOOK[1]
 
 
 async def evaluate_next_version(ctx: WorkerContext) -> bool:
@@ -119,7 +135,7 @@ async def _evaluate_version(uow: UnitOfWork, version_id: int) -> None:
         histories = {}
         for start in range(0, len(subjects), HISTORY_PAGE):
             histories.update(await repo.histories(subjects[start : start + HISTORY_PAGE]))
-        book = PolicyBook(await repo.policies())
+        book = await _policy_book(repo)
         changed = await _settle(
             uow,
             store,

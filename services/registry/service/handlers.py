@@ -6,13 +6,15 @@ is in ``findings.py``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from contracts.events import ConsentEvent, PolicyChange
 from services.registry.adapters.repository import RegistryRepository
-from services.registry.service.findings import enqueue_for_policy, reevaluate_subject
+from services.registry.service.findings import enqueue_for_policy, reevaluate_subjects
 from services.runtime.messages import Event
 from services.runtime.unit_of_work import UnitOfWork
 
-__all__ = ["on_consent_event", "on_policy_change"]
+__all__ = ["on_consent_event", "on_consent_events", "on_policy_change"]
 
 
 async def on_policy_change(event: Event[PolicyChange], uow: UnitOfWork) -> None:
@@ -26,4 +28,10 @@ async def on_policy_change(event: Event[PolicyChange], uow: UnitOfWork) -> None:
 async def on_consent_event(event: Event[ConsentEvent], uow: UnitOfWork) -> None:
     """Record the change and re-judge every use of the subject's records."""
     if await RegistryRepository(uow.connection).save_consent(event.body):
-        await reevaluate_subject(uow, event.body.subject_id)
+        await reevaluate_subjects(uow, [event.body.subject_id])
+
+
+async def on_consent_events(events: Sequence[Event[ConsentEvent]], uow: UnitOfWork) -> None:
+    """``on_consent_event`` for a fetched batch: one statement per step, not per event."""
+    new = await RegistryRepository(uow.connection).save_consents([e.body for e in events])
+    await reevaluate_subjects(uow, [e.subject_id for e in new])

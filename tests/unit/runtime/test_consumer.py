@@ -165,6 +165,74 @@ async def test_a_batch_keeps_order_and_isolates_its_bad_records(pool: FakePool) 
     assert len(pool.outbox) == 4, "a redelivered batch changes nothing"
 
 
+class BatchRecorder:
+    """A batch handler: records each call's event ids; fails while ``failures`` last."""
+
+    def __init__(self, failures: list[BaseException] | None = None) -> None:
+        self.calls: list[list[str]] = []
+        self.failures = failures or []
+
+    async def __call__(self, events: Any, uow: UnitOfWork) -> None:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.calls.append([e.id for e in events])
+        for event in events:
+            uow.publish(CONSENT_EVENTS, event.body, key="s-1")
+
+
+def as_records(messages: list[tuple[bytes, list[tuple[str, bytes]]]]) -> list[Any]:
+    return [
+        ConsumerRecord(CONSENT_EVENTS.name, 0, n, 0, 0, b"s-1", value, None, 0, 0, tuple(h))
+        for n, (value, h) in enumerate(messages)
+    ]
+
+
+async def test_a_batch_handler_gets_the_new_events_once_in_order(pool: FakePool) -> None:
+    consumer = EventConsumer(SETTINGS, lambda: pool, "/unit")  # type: ignore[arg-type, return-value]
+    a, b = good("a"), good("b")
+    batch = as_records([a, (b"garbage", a[1]), b, a])
+    per_record, per_batch = Recorder(), BatchRecorder()
+    sub = Subscription(CONSENT_EVENTS, per_record, batch_handler=per_batch)
+
+    outcomes = await consumer.process_batch(sub, batch)
+
+    assert outcomes == ["processed", "dead_lettered", "processed", "duplicate"]
+    assert per_batch.calls == [[header(batch[0], "ce_id"), header(batch[2], "ce_id")]]
+    assert per_record.seen == [], "the per-record handler is the fallback only"
+    assert pool.outbox_topics() == [CONSENT_EVENTS.dlq] + [CONSENT_EVENTS.name] * 2
+    assert await consumer.process_batch(sub, batch) == ["duplicate"] * 4
+    assert len(per_batch.calls) == 1
+
+
+async def test_a_failing_batch_handler_falls_back_to_one_record_at_a_time(pool: FakePool) -> None:
+    consumer = EventConsumer(SETTINGS, lambda: pool, "/unit")  # type: ignore[arg-type, return-value]
+    batch = as_records([good("a"), good("poison"), good("c")])
+    per_record = Recorder(poison="poison")
+    per_batch = BatchRecorder(failures=[KeyError("the batch hits the poison event")])
+    sub = Subscription(CONSENT_EVENTS, per_record, batch_handler=per_batch)
+
+    outcomes = await consumer.process_batch(sub, batch)
+
+    assert outcomes == ["processed", "dead_lettered", "processed"]
+    assert per_record.seen == [header(batch[0], "ce_id"), header(batch[2], "ce_id")]
+    assert per_batch.calls == [], "nothing of the failed batch call was kept"
+    assert pool.outbox_topics() == [
+        CONSENT_EVENTS.name,
+        CONSENT_EVENTS.dlq,
+        CONSENT_EVENTS.name,
+    ]
+
+
+async def test_a_transient_failure_retries_the_whole_batch(pool: FakePool) -> None:
+    consumer = EventConsumer(SETTINGS, lambda: pool, "/unit")  # type: ignore[arg-type, return-value]
+    batch = as_records([good("a"), good("b")])
+    per_batch = BatchRecorder(failures=[ConnectionResetError()])
+    sub = Subscription(CONSENT_EVENTS, Recorder(), batch_handler=per_batch)
+    assert await consumer.process_batch(sub, batch) == ["processed", "processed"]
+    assert len(per_batch.calls) == 1 and len(per_batch.calls[0]) == 2
+    assert pool.outbox_topics() == [CONSENT_EVENTS.name] * 2
+
+
 async def test_subscribers_acknowledge_manually_in_a_group_per_topic() -> None:
     broker = KafkaBroker()
     EventConsumer(SETTINGS, lambda: FakePool(), "/unit").register(  # type: ignore[arg-type, return-value]
