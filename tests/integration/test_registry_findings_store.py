@@ -1,0 +1,123 @@
+"""The findings store against real Postgres: whatever sequence of re-judgements it is given,
+the findings it keeps are the pure ``aggregate`` of the latest contributions, and what
+dropped out is retracted with the counts it had."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import asyncpg
+import pytest
+
+from contracts.base import DatasetRef
+from contracts.events import DatasetFinding, FindingReason, FindingStatus, Severity
+from services.registry.adapters.findings import FindingStore
+from services.registry.domain.findings import Contribution, FindingCause, aggregate
+from services.runtime.testing import migrate_service
+
+pytestmark = pytest.mark.integration
+
+SUBJECTS = [f"s{i}" for i in range(8)]
+CATEGORIES = ["user.content.public", "user.content.private", "user.contact"]
+
+
+def causes() -> list[FindingCause]:
+    made = []
+    for version_id in (1, 2):
+        dataset = DatasetRef(namespace="s3://store", name="chat", version=str(version_id))
+        for rule, reason, severity in (
+            ("content", FindingReason.IMPROPER_USE, Severity.DESTROY_REQUIRED),
+            ("private", FindingReason.IMPROPER_USE, Severity.DESTROY_REQUIRED),
+            ("content", FindingReason.LATER_WITHDRAWAL, Severity.RETRAIN_REQUIRED),
+        ):
+            event = UUID(int=version_id * 100 + len(made))
+            made.append(
+                FindingCause(
+                    dataset_version_id=version_id,
+                    dataset=dataset,
+                    policy_id="p",
+                    policy_version="1",
+                    reason=reason,
+                    severity=severity,
+                    rule_id=rule,
+                    detail="withdrawn" if reason is FindingReason.IMPROPER_USE else str(event),
+                    rule=f"{rule} rule",
+                    detected_at=datetime(2025, 1, 1, tzinfo=UTC) + timedelta(days=version_id),
+                    cause_event_ids=(event,) if reason is FindingReason.LATER_WITHDRAWAL else (),
+                )
+            )
+    return made
+
+
+def random_contributions(rng: random.Random, pool: list[FindingCause]) -> list[Contribution]:
+    chosen: dict[tuple[str, int, UUID, str], Contribution] = {}
+    for _ in range(rng.randint(0, 25)):
+        cause = rng.choice(pool)
+        subject, category = rng.choice(SUBJECTS), rng.choice(CATEGORIES)
+        ids = sorted(rng.sample(range(200), rng.randint(1, 30)))
+        record_ids = tuple(f"{subject}-{category[-4:]}-{i:03d}" for i in ids)
+        events = tuple(sorted(UUID(int=rng.randint(1, 10**6)) for _ in range(rng.randint(0, 2))))
+        contribution = Contribution(
+            cause, subject, category, len(record_ids), record_ids[:20], events
+        )
+        chosen[contribution.key] = contribution
+    return list(chosen.values())
+
+
+@pytest.fixture
+async def conn(make_database: Callable[[str], str]) -> AsyncIterator[asyncpg.Connection]:
+    database = make_database("findings_store")
+    migrate_service("registry", database)
+    connection = await asyncpg.connect(database)
+    for type_name in ("json", "jsonb"):
+        await connection.set_type_codec(
+            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+async def stored_findings(conn: asyncpg.Connection) -> dict[UUID, DatasetFinding]:
+    rows = await conn.fetch("SELECT body::text AS body FROM findings WHERE status <> 'new'")
+    bodies = (DatasetFinding.model_validate_json(r["body"]) for r in rows)
+    return {f.finding_id: f for f in bodies}
+
+
+async def test_stored_findings_are_the_aggregate_of_the_latest_contributions(
+    conn: asyncpg.Connection,
+) -> None:
+    rng = random.Random(20261126)
+    pool = causes()
+    store = FindingStore(conn)
+    ever_active: dict[UUID, DatasetFinding] = {}
+    published: list[DatasetFinding] = []
+    for _round in range(30):
+        desired = random_contributions(rng, pool)
+        async with conn.transaction():
+            stored = await store.contributions_of_subjects(SUBJECTS)
+            touched = await store.reconcile(desired, stored)
+            published.extend(f for f, _ in await store.refresh(touched))
+
+        expected = aggregate(desired)
+        findings = await stored_findings(conn)
+        active = {k: v for k, v in findings.items() if v.status is FindingStatus.ACTIVE}
+        assert active == expected
+        for finding_id, finding in findings.items():
+            if finding.status is FindingStatus.RETRACTED:
+                assert finding_id not in expected
+                last = ever_active[finding_id]
+                assert finding == last.model_copy(update={"status": FindingStatus.RETRACTED})
+        ever_active.update(active)
+
+    # Re-judging with the same contributions publishes nothing.
+    async with conn.transaction():
+        stored = await store.contributions_of_subjects(SUBJECTS)
+        assert await store.refresh(await store.reconcile(desired, stored)) == []
+    states = await conn.fetchval("SELECT count(*) FROM finding_events")
+    assert states == len(published)
