@@ -15,14 +15,17 @@ from pydantic import BaseModel
 
 from contracts.envelope import Envelope
 from contracts.policy import PolicyDocument
-from contracts.topics import TOPICS
+from contracts.topics import INTAKE_TOPICS, TOPICS
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
 
 def schema_documents() -> dict[str, dict[str, Any]]:
-    """File name → JSON Schema, for every topic body plus the envelope and policy."""
-    models: dict[str, type[BaseModel]] = {f"{t.name}.schema.json": t.model for t in TOPICS}
+    """File name → JSON Schema, for every topic body (intake topics included) plus the
+    envelope and policy."""
+    models: dict[str, type[BaseModel]] = {
+        f"{t.name}.schema.json": t.model for t in (*TOPICS, *INTAKE_TOPICS)
+    }
     models["cloudevents-envelope.schema.json"] = Envelope
     models["policy-document.schema.json"] = PolicyDocument
     return {name: model.model_json_schema(by_alias=True) for name, model in models.items()}

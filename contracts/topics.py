@@ -16,6 +16,7 @@ from contracts.events import (
     TaskResult,
 )
 from contracts.openlineage import RunEvent
+from contracts.registration import TYPE_PREFIX, RegistrationMessage
 
 __all__ = [
     "ALL_TOPICS",
@@ -23,9 +24,11 @@ __all__ = [
     "CONSENT_EVENTS",
     "DELETION_TASKS",
     "FINDINGS",
+    "INTAKE_TOPICS",
     "MODEL_FLAGS",
     "OPENLINEAGE",
     "POLICIES",
+    "REGISTRATIONS",
     "TASK_RESULTS",
     "TOPICS",
     "Topic",
@@ -42,7 +45,8 @@ class Topic:
     name: str
     key: str
     event_type: str
-    """CloudEvents ``type`` of every event on the topic."""
+    """CloudEvents ``type`` of every event on the topic; for a topic carrying a family of
+    messages (``REGISTRATIONS``), their common prefix (each kind is ``<event_type>.<kind>``)."""
     model: type[BaseModel]
 
     @property
@@ -91,5 +95,20 @@ TOPICS: tuple[Topic, ...] = (
     TASK_RESULTS,
     CASES,
 )
-ALL_TOPICS: tuple[str, ...] = tuple(t.name for t in TOPICS) + tuple(t.dlq for t in TOPICS)
-"""Every topic name the system uses, dead-letter topics included."""
+
+REGISTRATIONS = Topic(
+    "registry.registrations.v1", "dataset version key", TYPE_PREFIX, RegistrationMessage
+)
+"""Dataset-version registration by Kafka, read by the registry (see contracts.registration):
+``opened`` / ``batch`` / ``sealed``, each with its own ``ce_type`` under ``TYPE_PREFIX``.
+Key: ``DatasetRef.key``. Created with ``contracts.registration.PARTITIONS`` (6) partitions
+and ``RETENTION_MS`` (30 days); its dead letters in ``registry.registrations.v1.dlq``."""
+
+INTAKE_TOPICS: tuple[Topic, ...] = (REGISTRATIONS,)
+"""Topics a service reads from producers outside ConsentTrace (DESIGN §5: "a service may
+add private ones"); not among ``TOPICS``, the topics between the four services."""
+
+ALL_TOPICS: tuple[str, ...] = tuple(t.name for t in (*TOPICS, *INTAKE_TOPICS)) + tuple(
+    t.dlq for t in (*TOPICS, *INTAKE_TOPICS)
+)
+"""Every topic name the system uses (between the services and intake), dead letters included."""

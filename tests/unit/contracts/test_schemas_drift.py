@@ -48,7 +48,7 @@ from contracts.policy import (
     WithdrawalEffect,
     WithdrawalRequires,
 )
-from contracts.topics import ALL_TOPICS, TOPICS, Topic
+from contracts.topics import ALL_TOPICS, INTAKE_TOPICS, TOPICS, Topic
 
 REGENERATE = "run `python -m contracts.generate` and commit contracts/schemas/"
 T0 = datetime(2024, 9, 18, 12, 0, tzinfo=UTC)
@@ -93,7 +93,7 @@ def test_every_topic_has_a_schema_file_of_its_model(topic: Topic) -> None:
 
 
 def test_all_topics_lists_each_topic_and_its_dead_letter_topic_once() -> None:
-    names = [t.name for t in TOPICS]
+    names = [t.name for t in (*TOPICS, *INTAKE_TOPICS)]
     assert len(set(names)) == len(names)
     assert len(set(ALL_TOPICS)) == len(ALL_TOPICS)
     assert set(ALL_TOPICS) == set(names) | {f"{n}.dlq" for n in names}
