@@ -49,6 +49,8 @@ __all__ = [
     "SEALED_TYPE",
     "TYPE_PREFIX",
     "UPLOAD_NAMESPACE",
+    "ContentDigest",
+    "RecordId",
     "RecordRegistration",
     "RegistrationBatch",
     "RegistrationBody",
@@ -84,25 +86,25 @@ UPLOAD_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:consenttrace:registry.reg
 """``28dd3d5d-f8a0-5e55-8d59-506065698e86``: the namespace of the upload ids the registry
 derives from dataset keys (``upload_id_for``)."""
 
-_Id = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00]+$")]
+RecordId = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00]+$")]
 """Any text but NUL (U+0000), which Postgres cannot store."""
-_Digest = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
+ContentDigest = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
 
 
 class RecordRegistration(Contract):
     """One record: where it lives and whose it is, never its content (only a digest).
 
-    The registry's own ``RecordRegistration`` (``services/registry/domain/snapshots.py``):
-    same fields, same rules (a unit test holds the two JSON Schemas equal).
+    Every form of registration validates records as this model (the NDJSON parser in
+    ``services/registry/domain/snapshots.py`` with the same field types).
     """
 
-    record_id: _Id
-    source_system: _Id
+    record_id: RecordId
+    source_system: RecordId
     subject_id: SubjectId
     category: CategoryPath
     jurisdiction: Jurisdiction
     collected_at: AwareDatetime
-    content_digest: _Digest
+    content_digest: ContentDigest
 
 
 class _OfVersion(Contract):

@@ -18,7 +18,6 @@ from pydantic import AwareDatetime as _CoreAwareDatetime
 from pydantic import (
     ConfigDict,
     Field,
-    StringConstraints,
     TypeAdapter,
     ValidationError,
     model_validator,
@@ -35,6 +34,7 @@ from contracts.base import (
     PurposePath,
     SubjectId,
 )
+from contracts.registration import ContentDigest, RecordId, RecordRegistration
 
 __all__ = [
     "RECORD_FIELDS",
@@ -49,22 +49,6 @@ __all__ = [
     "record_row",
     "time_of_use",
 ]
-
-_Id = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00]+$")]
-"""Any text but NUL (U+0000), which Postgres cannot store."""
-_Digest = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
-
-
-class RecordRegistration(Contract):
-    """One record: where it lives and whose it is. Never its content, only a digest."""
-
-    record_id: _Id
-    source_system: _Id
-    subject_id: SubjectId
-    category: CategoryPath
-    jurisdiction: Jurisdiction
-    collected_at: AwareDatetime
-    content_digest: _Digest
 
 
 def time_of_use(sealed_at: datetime, training_started_at: datetime | None) -> datetime:
@@ -143,13 +127,13 @@ class _RecordLine(TypedDict):
     (tests/unit/registry/test_snapshots.py); at a million lines this is a third faster.
     """
 
-    record_id: _Id
-    source_system: _Id
+    record_id: RecordId
+    source_system: RecordId
     subject_id: SubjectId
     category: CategoryPath
     jurisdiction: Jurisdiction
     collected_at: _CoreAwareDatetime
-    content_digest: _Digest
+    content_digest: ContentDigest
 
 
 _validate_record_line = TypeAdapter(_RecordLine).validator.validate_json  # no wrapper: per line
