@@ -6,9 +6,17 @@ from pathlib import Path
 
 from faststream import FastStream
 
-from contracts.topics import CONSENT_EVENTS, FINDINGS, POLICIES
+from contracts.topics import CONSENT_EVENTS, FINDINGS, POLICIES, REGISTRATIONS
+from services.registry.entrypoints.eligibility_http import router as eligibility_router
 from services.registry.entrypoints.http import router
-from services.registry.service.handlers import on_consent_event, on_policy_change
+from services.registry.entrypoints.kafka import decode_registration
+from services.registry.service.findings import EVALUATION_WORKER
+from services.registry.service.handlers import (
+    on_consent_event,
+    on_consent_events,
+    on_policy_change,
+)
+from services.registry.service.registration_events import on_registration
 from services.runtime.consumer import Subscription
 from services.runtime.host import ServiceSpec, create_broker
 from services.runtime.settings import ServiceSettings
@@ -20,10 +28,22 @@ SPEC = ServiceSpec(
     migrations=Path(__file__).parent / "migrations" / "versions",
     subscriptions=(
         Subscription(POLICIES, on_policy_change, description="Policy versions projection."),
-        Subscription(CONSENT_EVENTS, on_consent_event, description="Consent changes → findings."),
+        Subscription(
+            CONSENT_EVENTS,
+            on_consent_event,
+            batch_handler=on_consent_events,
+            description="Consent changes → findings.",
+        ),
+        Subscription(
+            REGISTRATIONS,
+            on_registration,
+            decoder=decode_registration,
+            description="Dataset-version registration: opened, record batches, sealed.",
+        ),
     ),
-    routers=(router,),
+    routers=(router, eligibility_router),
     publishes=(FINDINGS,),
+    workers=(EVALUATION_WORKER,),
 )
 
 
