@@ -29,6 +29,7 @@ from contracts.events import ConsentEvent
 from services.registry.domain.ndjson import MAX_LINE_BYTES, LineTooLong
 from services.registry.domain.preflight import SAMPLE_EXCLUDED
 from services.registry.domain.snapshots import LineError
+from services.registry.entrypoints.refusals import after_draining, line_errors
 from services.registry.entrypoints.schemas import NDJSON_EXAMPLE, ErrorResponse, LineErrorResponse
 from services.registry.service.eligibility import (
     MissingPurpose,
@@ -48,8 +49,6 @@ SPOOL_IN_MEMORY = 16 * 1024 * 1024
 """Bytes of eligible lines kept in memory before the spool moves to a temporary file."""
 STREAM_BLOCK = 1 << 20
 """Bytes per write of the streamed answer."""
-DRAIN_LIMIT = 1 << 30
-"""Bytes of a refused body read and discarded before answering; past it, the connection goes."""
 
 _NDJSON_BODY = {
     "requestBody": {
@@ -343,47 +342,6 @@ def _spooled(spool: IO[bytes]) -> Iterator[bytes]:
 
 async def _refuse_body(body: AsyncIterator[bytes], exc: LineError | LineTooLong) -> Response:
     """422 for a bad line, once the client has sent all of its body (as registration does)."""
-    drained = await _drain(body)
-    response = JSONResponse({"detail": _line_errors(exc)}, status_code=422)
-    if not drained:
-        response.headers["Connection"] = "close"
-    return response
-
-
-async def _drain(body: AsyncIterator[bytes]) -> bool:
-    """Read and discard the rest of the body; False when it was too long to wait for."""
-    seen = 0
-    try:
-        async for block in body:
-            seen += len(block)
-            if seen > DRAIN_LIMIT:
-                return False
-    except (ClientDisconnect, RuntimeError):  # gone, or the stream was already consumed
-        pass
-    return True
-
-
-def _line_errors(exc: LineError | LineTooLong) -> list[dict[str, Any]]:
-    """The same shape as the registration endpoints' line errors (``LineErrorItem``)."""
-    if isinstance(exc, LineTooLong):
-        return [
-            {
-                "loc": ["body", "line", exc.line],
-                "msg": f"line {exc.line} is longer than {exc.limit} bytes",
-                "type": "line_too_long",
-                "line": exc.line,
-                "field": None,
-                "chunk": None,
-            }
-        ]
-    return [
-        {
-            "loc": ["body", "line", exc.line, *([e.field] if e.field else [])],
-            "msg": e.message,
-            "type": e.type,
-            "line": exc.line,
-            "field": e.field,
-            "chunk": None,
-        }
-        for e in exc.errors
-    ]
+    return await after_draining(
+        body, JSONResponse({"detail": line_errors(exc, None)}, status_code=422)
+    )

@@ -34,6 +34,7 @@ from services.registry.domain.snapshots import (
     DatasetVersionRegistration,
     LineError,
 )
+from services.registry.entrypoints.refusals import after_draining, line_errors
 from services.registry.entrypoints.schemas import (
     NDJSON_EXAMPLE,
     ChunkInfo,
@@ -76,8 +77,6 @@ router = APIRouter(prefix="/api/v1", tags=["registry"])
 
 SUBJECT_SAMPLE = 20
 """Record ids shown per (dataset version, category) in the subject query."""
-DRAIN_LIMIT = 1 << 30
-"""Bytes of a refused body read and discarded before answering; past it, the connection goes."""
 
 _STATUS: dict[type[RegistrationError], int] = {
     DatasetVersionExists: 409,
@@ -404,53 +403,12 @@ async def _refuse_body(
     body: AsyncIterator[bytes], exc: Exception, *, chunk: int | None = None
 ) -> Response:
     """Answer a refused NDJSON body once the client has sent all of it."""
-    drained = await _drain(body)
     if isinstance(exc, RegistrationError):
-        response: Response = _refusal(exc)
-    else:
-        response = JSONResponse({"detail": _line_errors(exc, chunk)}, status_code=422)
-    if not drained:
-        response.headers["Connection"] = "close"
-    return response
-
-
-async def _drain(body: AsyncIterator[bytes]) -> bool:
-    """Read and discard the rest of the body; False when it was too long to wait for."""
-    seen = 0
-    try:
-        async for block in body:
-            seen += len(block)
-            if seen > DRAIN_LIMIT:
-                return False
-    except (ClientDisconnect, RuntimeError):  # gone, or the stream was already consumed
-        pass
-    return True
-
-
-def _line_errors(exc: Exception, chunk: int | None) -> list[dict[str, Any]]:
-    if isinstance(exc, LineTooLong):
-        return [
-            {
-                "loc": ["body", "line", exc.line],
-                "msg": f"line {exc.line} is longer than {exc.limit} bytes",
-                "type": "line_too_long",
-                "line": exc.line,
-                "field": None,
-                "chunk": chunk,
-            }
-        ]
-    assert isinstance(exc, LineError)
-    return [
-        {
-            "loc": ["body", "line", exc.line, *([e.field] if e.field else [])],
-            "msg": e.message,
-            "type": e.type,
-            "line": exc.line,
-            "field": e.field,
-            "chunk": chunk,
-        }
-        for e in exc.errors
-    ]
+        return await after_draining(body, _refusal(exc))
+    assert isinstance(exc, LineError | LineTooLong)
+    return await after_draining(
+        body, JSONResponse({"detail": line_errors(exc, chunk)}, status_code=422)
+    )
 
 
 def _version_fields(row: dict[str, Any]) -> dict[str, Any]:
