@@ -9,22 +9,18 @@ same claim, which keeps per-key order across relays; the relay wakes on
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from services.runtime import metrics
-from services.runtime.backoff import backoff_delays
 from services.runtime.db import Connection
 from services.runtime.settings import ServiceSettings
-
-if TYPE_CHECKING:
-    from asyncpg.pool import PoolConnectionProxy
+from services.runtime.worker import BackgroundWorker, WorkerContext, WorkerSpec
 
 __all__ = ["NOTIFY_CHANNEL", "OutboxMessage", "OutboxRelay", "enqueue"]
 
@@ -79,7 +75,11 @@ ORDER BY c.id
 
 
 class OutboxRelay:
-    """Publishes committed outbox rows in id order, then marks them published."""
+    """Publishes committed outbox rows in id order, then marks them published.
+
+    A background worker (``services.runtime.worker``): drains the outbox, then sleeps
+    until a ``NOTIFY`` from a committing unit of work or the poll interval.
+    """
 
     def __init__(
         self, pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: ServiceSettings
@@ -87,21 +87,27 @@ class OutboxRelay:
         self._pool = pool
         self._producer = producer
         self._settings = settings
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._listener: PoolConnectionProxy[Any] | None = None
+        self._last_purge = 0.0
+        self._worker = BackgroundWorker(
+            WorkerSpec("outbox-relay", self._step, NOTIFY_CHANNEL),
+            WorkerContext(pool, source="outbox"),
+            settings,
+        )
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+        await self._worker.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self._close_listener()
+        await self._worker.stop()
 
-    def wake(self) -> None:
-        self._wake.set()
+    async def _step(self, _: WorkerContext) -> bool:
+        if await self.relay_once():
+            return True
+        now = time.monotonic()
+        if now - self._last_purge > 60:
+            await self.purge_published()
+            self._last_purge = now
+        return False
 
     async def relay_once(self) -> int:
         """Publish one claimed batch; returns how many rows went out."""
@@ -133,52 +139,3 @@ class OutboxRelay:
             self._settings.outbox_retention_s,
         )
         return int(result.split()[-1])
-
-    async def _run(self) -> None:
-        delays = backoff_delays(
-            self._settings.retry_initial_backoff_s, self._settings.retry_max_backoff_s
-        )
-        last_purge = 0.0
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                await self._ensure_listener()
-                self._wake.clear()  # before draining: a NOTIFY from now on wakes the next round
-                while await self.relay_once():
-                    pass
-                if loop.time() - last_purge > 60:
-                    await self.purge_published()
-                    last_purge = loop.time()
-                delays = backoff_delays(
-                    self._settings.retry_initial_backoff_s, self._settings.retry_max_backoff_s
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                delay = next(delays)
-                log.warning("outbox relay failed (%r); retrying in %.2fs", exc, delay)
-                await self._close_listener()
-                await asyncio.sleep(delay)
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._settings.outbox_poll_interval_s)
-
-    async def _ensure_listener(self) -> None:
-        """Hold one pooled connection for LISTEN: same database as the rows, by construction."""
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        await self._close_listener()
-        self._listener = await self._pool.acquire(timeout=5)
-        await self._listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
-
-    def _on_notify(self, *_: object) -> None:
-        self._wake.set()
-
-    async def _close_listener(self) -> None:
-        if self._listener is not None:
-            listener, self._listener = self._listener, None
-            try:
-                await listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
-            except Exception:
-                log.debug("listener connection already gone")
-            await self._pool.release(listener)
