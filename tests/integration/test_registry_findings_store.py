@@ -4,6 +4,7 @@ dropped out is retracted with the counts it had."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections.abc import AsyncIterator, Callable
@@ -121,3 +122,45 @@ async def test_stored_findings_are_the_aggregate_of_the_latest_contributions(
         assert await store.refresh(await store.reconcile(desired, stored)) == []
     states = await conn.fetchval("SELECT count(*) FROM finding_events")
     assert states == len(published)
+
+
+async def test_a_versions_uses_come_in_slices_that_never_split_a_subject(
+    conn: asyncpg.Connection,
+) -> None:
+    version_id = await conn.fetchval(
+        """
+        INSERT INTO dataset_versions (namespace, name, version, purpose, created_at, sealed_at,
+                                      used_at, record_count)
+        VALUES ('s3://store', 'sliced', '1', 'ai.training', now(), now(), now(), 40)
+        RETURNING dataset_version_id
+        """
+    )
+    await conn.execute(
+        """
+        WITH r AS (
+            INSERT INTO records (source_system, record_id, subject_id, category, jurisdiction,
+                                 collected_at, content_digest)
+            SELECT 'src', 'r' || g, 's' || (g % 7), (ARRAY['a.b', 'a.c'])[1 + g % 2], 'DE',
+                   now(), 'sha256:' || md5(g::text) || md5(g::text)
+            FROM generate_series(1, 40) g
+            RETURNING record_pk
+        )
+        INSERT INTO memberships (dataset_version_id, record_pk) SELECT $1, record_pk FROM r
+        """,
+        version_id,
+    )
+    store = FindingStore(conn)
+    version = await store.version(version_id)
+    assert version is not None
+    async with conn.transaction():
+        slices = [s async for s in store.uses_of_version(version, slice_subjects=3)]
+    subjects_per_slice = [[u.subject_id for u in s] for s in slices]
+    flat = [subject for s in subjects_per_slice for subject in s]
+    assert flat == sorted(flat), "in subject order"
+    assert len(slices) == 3 and all(1 <= len(set(s)) <= 3 for s in subjects_per_slice)
+    for earlier, later in itertools.pairwise(subjects_per_slice):
+        assert not set(earlier) & set(later), "a subject is never split across slices"
+    uses = [u for s in slices for u in s]
+    assert sum(u.records for u in uses) == 40
+    assert len({(u.subject_id, u.category) for u in uses}) == len(uses) == 14
+    assert all(list(u.sample) == sorted(u.sample) for u in uses)

@@ -14,7 +14,7 @@ Concurrency (one rule, two locks):
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -102,19 +102,35 @@ class FindingStore:
         )
         return dict(row) if row else None
 
-    async def uses_of_version(self, version: dict[str, Any]) -> list[SubjectUse]:
-        """Every use in one sealed version, grouped by subject, category and jurisdiction."""
-        rows = await self._conn.fetch(
+    async def uses_of_version(
+        self, version: dict[str, Any], *, slice_subjects: int
+    ) -> AsyncIterator[list[SubjectUse]]:
+        """Every use in one sealed version, grouped by subject, category and jurisdiction,
+        in slices of about ``slice_subjects`` subjects (a subject is never split), read from
+        a cursor: memory stays bounded whatever the version's size. Inside a transaction."""
+        cursor = self._conn.cursor(
             f"""
             SELECT r.subject_id, r.category, r.jurisdiction, count(*) AS records,
                    (array_agg(r.record_id ORDER BY r.record_id))[1:{SAMPLE_SIZE}] AS sample
             FROM memberships m JOIN records r ON r.record_pk = m.record_pk
             WHERE m.dataset_version_id = $1
             GROUP BY r.subject_id, r.category, r.jurisdiction
+            ORDER BY r.subject_id
             """,
             version["dataset_version_id"],
+            prefetch=2_000,
         )
-        return [_use(version, row) for row in rows]
+        batch: list[SubjectUse] = []
+        subjects = 0
+        async for row in cursor:
+            if batch and row["subject_id"] != batch[-1].subject_id:
+                subjects += 1
+                if subjects >= slice_subjects:
+                    yield batch
+                    batch, subjects = [], 0
+            batch.append(_use(version, row))
+        if batch:
+            yield batch
 
     # --- contributions ---------------------------------------------------------------
 
@@ -128,12 +144,30 @@ class FindingStore:
         return _stored(rows)
 
     async def contributions_of_version(
-        self, version_id: int
+        self, version_id: int, subject_ids: Sequence[str]
     ) -> dict[ContributionKey, StoredContribution]:
         rows = await self._conn.fetch(
-            "SELECT * FROM finding_contributions WHERE dataset_version_id = $1", version_id
+            "SELECT * FROM finding_contributions"
+            " WHERE subject_id = ANY($2::text[]) AND dataset_version_id = $1",
+            version_id,
+            list(subject_ids),
         )
         return _stored(rows)
+
+    async def drop_contributions_except(self, version_id: int, subject_ids: set[str]) -> set[UUID]:
+        """Remove the version's contributions of subjects it no longer holds (purged
+        records); returns the findings touched."""
+        rows = await self._conn.fetch(
+            """
+            DELETE FROM finding_contributions
+            WHERE dataset_version_id = $1
+              AND subject_id NOT IN (SELECT unnest($2::text[]))
+            RETURNING finding_id
+            """,
+            version_id,
+            list(subject_ids),
+        )
+        return {r["finding_id"] for r in rows}
 
     async def reconcile(
         self,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from uuid import NAMESPACE_URL, uuid5
+from uuid import NAMESPACE_URL, UUID, uuid5
 
 from contracts.events import DatasetFinding, PolicyChange
 from contracts.topics import FINDINGS
@@ -41,8 +41,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-HISTORY_PAGE = 5_000
-"""Subjects whose consent histories one query loads during a whole-version evaluation."""
+SLICE_SUBJECTS = 5_000
+"""Subjects judged together during a whole-version evaluation: one history query, one
+write of their contributions; bounds memory whatever the version's size."""
 
 
 async def enqueue_evaluation(conn: Connection, version_ids: Sequence[int], cause: str) -> int:
@@ -122,6 +123,8 @@ async def evaluate_next_version(ctx: WorkerContext) -> bool:
 
 
 async def _evaluate_version(uow: UnitOfWork, version_id: int) -> None:
+    """Re-judge one sealed version, a slice of subjects at a time (its uses are streamed
+    from a cursor in subject order), then refresh every finding touched once."""
     store = FindingStore(uow.connection)
     enqueued_at = await store.claim_job(version_id)
     if enqueued_at is None:
@@ -130,19 +133,20 @@ async def _evaluate_version(uow: UnitOfWork, version_id: int) -> None:
     version = await store.version(version_id)
     if version is not None:
         repo = RegistryRepository(uow.connection)
-        uses = await store.uses_of_version(version)
-        subjects = sorted({u.subject_id for u in uses})
-        histories = {}
-        for start in range(0, len(subjects), HISTORY_PAGE):
-            histories.update(await repo.histories(subjects[start : start + HISTORY_PAGE]))
         book = await _policy_book(repo)
-        changed = await _settle(
-            uow,
-            store,
-            judge(uses, histories, book),
-            await store.contributions_of_version(version_id),
-        )
-        log.info("dataset version %s evaluated: %d finding(s) changed", version_id, changed)
+        touched: set[UUID] = set()
+        seen: set[str] = set()
+        async for uses in store.uses_of_version(version, slice_subjects=SLICE_SUBJECTS):
+            subjects = sorted({u.subject_id for u in uses})
+            seen.update(subjects)
+            histories = await repo.histories(subjects)
+            stored = await store.contributions_of_version(version_id, subjects)
+            touched |= await store.reconcile(judge(uses, histories, book), stored)
+        touched |= await store.drop_contributions_except(version_id, seen)
+        changed = await store.refresh(touched, current_trace_id())
+        for finding, seq in changed:
+            _publish(uow, finding, seq)
+        log.info("dataset version %s evaluated: %d finding(s) changed", version_id, len(changed))
     await store.finish_job(version_id, enqueued_at)
 
 
