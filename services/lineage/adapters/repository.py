@@ -5,25 +5,44 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 from contracts.base import ModelRef
-from contracts.events import ModelFlag
+from contracts.events import DatasetFinding, ModelFlag
 from contracts.openlineage import RunEvent
 from services.lineage.domain.propagation import LineageEdge, Node
 from services.runtime.db import Connection
 
-__all__ = ["LineageRepository"]
+__all__ = ["LineageRepository", "RunRecorded"]
 
 MAX_DEPTH = 64
+_GRAPH_LOCK = 0x4C494E45_00000001
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecorded:
+    new_event: bool
+    """False when the very same event was received before."""
+    new_io: int
+    """Inputs and outputs the run did not have yet (the graph grew)."""
 
 
 class LineageRepository:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    async def record_run_event(self, event: RunEvent) -> bool:
-        """Keep the raw event and merge its inputs/outputs into the run; False if seen."""
+    async def lock_graph(self) -> None:
+        """Serialize changes of the graph and its flags (see ``service.handlers``)."""
+        await self._conn.execute("SELECT pg_advisory_xact_lock($1)", _GRAPH_LOCK)
+
+    async def record_run_event(self, event: RunEvent) -> RunRecorded:
+        """Keep the raw event and merge its inputs/outputs into the run.
+
+        Events of one run may come in any order (COMPLETE before START, inputs in a later
+        event): each adds what it names, so the run converges to the union of its events.
+        """
         raw = event.model_dump(mode="json", by_alias=True, exclude_none=True)
         digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()
         inserted = await self._conn.fetchval(
@@ -36,26 +55,101 @@ class LineageRepository:
             raw,
         )
         if not inserted:
-            return False
+            return RunRecorded(new_event=False, new_io=0)
+        state = event.event_type.value if event.event_type else None
+        terminal = state in ("COMPLETE", "FAIL", "ABORT")
         await self._conn.execute(
-            "INSERT INTO runs (run_id, job_namespace, job_name) VALUES ($1, $2, $3)"
-            " ON CONFLICT DO NOTHING",
+            """
+            INSERT INTO runs (run_id, job_namespace, job_name, started_at, ended_at, state)
+            VALUES ($1, $2, $3, $4, $5, $6)
+            ON CONFLICT (run_id) DO UPDATE SET
+                started_at = LEAST(runs.started_at, excluded.started_at),
+                ended_at = GREATEST(runs.ended_at, excluded.ended_at),
+                state = CASE WHEN excluded.ended_at IS NOT NULL
+                              AND excluded.ended_at >= coalesce(runs.ended_at, excluded.ended_at)
+                             THEN excluded.state ELSE coalesce(runs.state, excluded.state) END
+            """,
             event.run.run_id,
             event.job.namespace,
             event.job.name,
+            event.event_time,
+            event.event_time if terminal else None,
+            state,
         )
         io = [("input", d) for d in event.inputs or ()] + [
             ("output", d) for d in event.outputs or ()
         ]
-        await self._conn.executemany(
-            "INSERT INTO run_io (run_id, direction, namespace, name, version, is_model)"
-            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-            [
-                (event.run.run_id, direction, d.namespace, d.name, d.version or "", d.is_model)
-                for direction, d in io
-            ],
+        if not io:
+            return RunRecorded(new_event=True, new_io=0)
+        rows = await self._conn.fetch(
+            """
+            INSERT INTO run_io AS io (run_id, direction, namespace, name, version, is_model,
+                                      seen_at)
+            SELECT $1, d, ns, n, v, m, $7
+            FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::boolean[])
+                 AS u(d, ns, n, v, m)
+            ON CONFLICT (run_id, direction, namespace, name, version) DO UPDATE
+                SET seen_at = LEAST(io.seen_at, excluded.seen_at)
+            RETURNING (xmax = 0) AS inserted
+            """,
+            event.run.run_id,
+            [direction for direction, _ in io],
+            [d.namespace for _, d in io],
+            [d.name for _, d in io],
+            [d.version or "" for _, d in io],
+            [d.is_model for _, d in io],
+            event.event_time,
         )
-        return True
+        return RunRecorded(new_event=True, new_io=sum(1 for r in rows if r["inserted"]))
+
+    async def findings_upstream_of_run(self, run_id: UUID) -> list[DatasetFinding]:
+        """Active findings on the run's inputs or anywhere upstream of them."""
+        rows = await self._conn.fetch(
+            f"""
+            WITH RECURSIVE up(namespace, name, version, depth) AS (
+                SELECT namespace, name, version, 0 FROM run_io
+                WHERE run_id = $1 AND direction = 'input'
+                UNION
+                SELECT i.namespace, i.name, i.version, up.depth + 1
+                FROM up
+                JOIN run_io o ON o.direction = 'output' AND o.namespace = up.namespace
+                             AND o.name = up.name AND o.version = up.version
+                JOIN run_io i ON i.run_id = o.run_id AND i.direction = 'input'
+                WHERE up.depth < {MAX_DEPTH}
+            )
+            SELECT f.body::text AS body FROM findings f
+            WHERE f.status = 'active' AND (f.namespace, f.name, f.version) IN (
+                SELECT namespace, name, version FROM up)
+            ORDER BY f.finding_id
+            """,
+            run_id,
+        )
+        return [DatasetFinding.model_validate_json(r["body"]) for r in rows]
+
+    async def save_finding(self, finding: DatasetFinding) -> None:
+        """The finding's latest state (its messages arrive in order: one key per dataset)."""
+        await self._conn.execute(
+            """
+            INSERT INTO findings (finding_id, namespace, name, version, severity, status, body)
+            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            ON CONFLICT (finding_id) DO UPDATE SET status = excluded.status,
+                body = excluded.body, severity = excluded.severity, updated_at = now()
+            """,
+            finding.finding_id,
+            finding.dataset.namespace,
+            finding.dataset.name,
+            finding.dataset.version,
+            finding.severity.value,
+            finding.status.value,
+            finding.model_dump(mode="json"),
+        )
+
+    async def flags_of_finding(self, finding_id: UUID) -> dict[UUID, ModelFlag]:
+        rows = await self._conn.fetch(
+            "SELECT body::text AS body FROM model_flags WHERE finding_id = $1", finding_id
+        )
+        flags = (ModelFlag.model_validate_json(r["body"]) for r in rows)
+        return {f.flag_id: f for f in flags}
 
     async def downstream_edges(self, namespace: str, name: str, version: str) -> list[LineageEdge]:
         """Every run edge reachable downstream of one dataset version."""
@@ -94,30 +188,31 @@ class LineageRepository:
             for r in rows
         ]
 
-    async def save_flags(self, flags: Sequence[ModelFlag], trace_id: str | None) -> list[ModelFlag]:
-        """Store flags; returns the new ones (a known flag id changes nothing)."""
-        new = []
-        for flag in flags:
-            inserted = await self._conn.fetchval(
-                """
-                INSERT INTO model_flags (flag_id, namespace, name, version, finding_id,
-                                         severity, status, body, trace_id)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                ON CONFLICT (flag_id) DO NOTHING RETURNING true
-                """,
-                flag.flag_id,
-                flag.model.namespace,
-                flag.model.name,
-                flag.model.version,
-                flag.finding_id,
-                flag.severity.value,
-                flag.status.value,
-                json.loads(flag.model_dump_json()),
-                trace_id,
-            )
-            if inserted:
-                new.append(flag)
-        return new
+    async def save_flags(self, flags: Sequence[ModelFlag], trace_id: str | None) -> None:
+        """Store each flag's current state (new, new path, retracted, active again)."""
+        await self._conn.executemany(
+            """
+            INSERT INTO model_flags (flag_id, namespace, name, version, finding_id,
+                                     severity, status, body, trace_id)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            ON CONFLICT (flag_id) DO UPDATE SET status = excluded.status, body = excluded.body,
+                severity = excluded.severity, trace_id = excluded.trace_id, updated_at = now()
+            """,
+            [
+                (
+                    flag.flag_id,
+                    flag.model.namespace,
+                    flag.model.name,
+                    flag.model.version,
+                    flag.finding_id,
+                    flag.severity.value,
+                    flag.status.value,
+                    flag.model_dump(mode="json"),
+                    trace_id,
+                )
+                for flag in flags
+            ],
+        )
 
     async def flags(self, model: ModelRef | None) -> list[dict[str, Any]]:
         rows = await self._conn.fetch(

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from uuid import UUID, uuid5
 
 from contracts.base import DatasetRef, ModelRef
 from contracts.events import DatasetFinding, FindingStatus, ModelFlag
 
-__all__ = ["FLAG_NAMESPACE", "LineageEdge", "Node", "flag_id", "flags_for_finding"]
+__all__ = [
+    "FLAG_NAMESPACE",
+    "LineageEdge",
+    "Node",
+    "flag_changes",
+    "flag_id",
+    "flags_for_finding",
+]
 
 FLAG_NAMESPACE = UUID("a3d9e0c4-1f7b-4c62-8e15-5b7f2d9c0a61")
 
@@ -89,3 +96,25 @@ def flags_for_finding(finding: DatasetFinding, edges: Iterable[LineageEdge]) -> 
         for node, path in sorted(paths.values(), key=lambda p: p[0])
         if node.is_model
     ]
+
+
+def flag_changes(
+    finding: DatasetFinding, edges: Iterable[LineageEdge], stored: Mapping[UUID, ModelFlag]
+) -> list[ModelFlag]:
+    """What must change in the finding's stored flags so that they say what the graph says.
+
+    New flags and flags whose evidence path changed (a shorter path appeared) are
+    (re)published active; active flags the finding no longer supports (it was retracted, or
+    its severity flags no model) are retracted, keeping what they said. A flag is per
+    (finding, model): a model reached by another finding keeps that finding's flag, so
+    retracting one cause removes exactly the flags resting on it (the alternate-path case
+    included: another path of the *same* finding is the same flag).
+    """
+    desired = {f.flag_id: f for f in flags_for_finding(finding, edges)}
+    changes = [flag for flag_id, flag in desired.items() if stored.get(flag_id) != flag]
+    changes += [
+        flag.model_copy(update={"status": FindingStatus.RETRACTED})
+        for flag_id, flag in stored.items()
+        if flag_id not in desired and flag.status is FindingStatus.ACTIVE
+    ]
+    return sorted(changes, key=lambda f: (f.model.namespace, f.model.name, f.model.version))

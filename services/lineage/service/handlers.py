@@ -1,12 +1,20 @@
-"""Lineage use cases: each runs inside one unit of work."""
+"""Lineage use cases: each runs inside one unit of work.
+
+Both ways the graph and its flags change — a run event (new edges) and a finding (new
+state) — hold the *graph lock*: each sees the other's committed effect, so a run reported
+after its inputs were found tainted is flagged at once, and a finding arriving while a run
+is recorded misses none of its edges.
+"""
 
 from __future__ import annotations
+
+from uuid import uuid4
 
 from contracts.events import DatasetFinding, FindingStatus
 from contracts.openlineage import RunEvent
 from contracts.topics import MODEL_FLAGS
 from services.lineage.adapters.repository import LineageRepository
-from services.lineage.domain.propagation import flags_for_finding
+from services.lineage.domain.propagation import flag_changes
 from services.runtime.messages import Event
 from services.runtime.telemetry import current_trace_id
 from services.runtime.unit_of_work import UnitOfWork
@@ -15,8 +23,18 @@ __all__ = ["ingest_run_event", "on_finding", "on_openlineage_event"]
 
 
 async def ingest_run_event(uow: UnitOfWork, event: RunEvent) -> bool:
-    """Record a run's inputs and outputs at version level; duplicates change nothing."""
-    return await LineageRepository(uow.connection).record_run_event(event)
+    """Record a run's inputs and outputs at version level; duplicates change nothing.
+
+    New edges extend every active finding upstream of the run to what the run produced.
+    Returns False for an event received before.
+    """
+    repo = LineageRepository(uow.connection)
+    await repo.lock_graph()
+    recorded = await repo.record_run_event(event)
+    if recorded.new_io:
+        for finding in await repo.findings_upstream_of_run(event.run.run_id):
+            await _sync_flags(uow, repo, finding)
+    return recorded.new_event
 
 
 async def on_openlineage_event(event: Event[RunEvent], uow: UnitOfWork) -> None:
@@ -24,17 +42,26 @@ async def on_openlineage_event(event: Event[RunEvent], uow: UnitOfWork) -> None:
 
 
 async def on_finding(event: Event[DatasetFinding], uow: UnitOfWork) -> None:
-    """Flag every model downstream of the finding's dataset version, with its evidence path.
-
-    A retraction creates no flag. Removing the flags that rested on it alone is not done
-    yet (lineage issue): they stay, and say which finding they rest on.
-    """
-    finding = event.body
-    if finding.status is FindingStatus.RETRACTED:
-        return
+    """Flag every model downstream of the finding's dataset version, with its evidence path;
+    a retracted finding retracts the flags that rested on it."""
     repo = LineageRepository(uow.connection)
-    edges = await repo.downstream_edges(
-        finding.dataset.namespace, finding.dataset.name, finding.dataset.version
+    await repo.lock_graph()
+    await repo.save_finding(event.body)
+    await _sync_flags(uow, repo, event.body)
+
+
+async def _sync_flags(uow: UnitOfWork, repo: LineageRepository, finding: DatasetFinding) -> None:
+    flags_models = finding.status is FindingStatus.ACTIVE and finding.severity.flags_models
+    edges = (
+        await repo.downstream_edges(
+            finding.dataset.namespace, finding.dataset.name, finding.dataset.version
+        )
+        if flags_models
+        else []
     )
-    for flag in await repo.save_flags(flags_for_finding(finding, edges), current_trace_id()):
-        uow.publish(MODEL_FLAGS, flag, key=flag.model.key, event_id=str(flag.flag_id))
+    changes = flag_changes(finding, edges, await repo.flags_of_finding(finding.finding_id))
+    await repo.save_flags(changes, current_trace_id())
+    for flag in changes:
+        # One message per state: re-activation after a retraction must not look like a
+        # duplicate to consumers, so each state gets a fresh id.
+        uow.publish(MODEL_FLAGS, flag, key=flag.model.key, event_id=str(uuid4()))

@@ -12,9 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts.base import DatasetRef
+from contracts.base import DatasetRef, ModelRef
 from contracts.events import DatasetFinding, FindingReason, FindingStatus, Severity
-from services.lineage.domain.propagation import LineageEdge, Node, flag_id, flags_for_finding
+from services.lineage.domain.propagation import (
+    LineageEdge,
+    Node,
+    flag_changes,
+    flag_id,
+    flags_for_finding,
+)
 
 T0 = datetime(2025, 1, 10, tzinfo=UTC)
 FINDING = UUID("2f1d0c9e-5a4b-4c3d-8e2f-1a0b9c8d7e6f")
@@ -235,3 +241,70 @@ def test_flags_are_exactly_the_reachable_models_with_valid_shortest_paths(
         for i in range(0, len(path) - 2, 2):
             assert (path[i], path[i + 1], path[i + 2]) in known
         assert len(path) == 2 * hops[by_key[flag.model.key]] + 1
+
+
+# --- flag lifecycle ----------------------------------------------------------------------
+
+
+def apply(stored: dict[UUID, Any], changes: list[Any]) -> dict[UUID, Any]:
+    return {**stored, **{f.flag_id: f for f in changes}}
+
+
+def test_flags_appear_once_and_recomputing_changes_nothing() -> None:
+    finding = finding_for(POSTS)
+    first = flag_changes(finding, GRAPH, {})
+    assert {f.model for f in first} and all(f.status is FindingStatus.ACTIVE for f in first)
+    assert flag_changes(finding, GRAPH, apply({}, first)) == []
+
+
+def test_a_retracted_finding_retracts_exactly_its_own_flags() -> None:
+    finding = finding_for(POSTS)
+    other = finding_for(POSTS, finding_id=uuid5(FINDING, "other"))
+    mine = apply({}, flag_changes(finding, GRAPH, {}))
+    theirs = apply({}, flag_changes(other, GRAPH, {}))
+
+    retracted = flag_changes(
+        finding.model_copy(update={"status": FindingStatus.RETRACTED}), GRAPH, mine
+    )
+
+    assert {f.flag_id for f in retracted} == set(mine)
+    assert all(f.status is FindingStatus.RETRACTED for f in retracted)
+    assert all(f.evidence_path == mine[f.flag_id].evidence_path for f in retracted)
+    # The other cause's flags on the same models are untouched: those models stay flagged.
+    assert flag_changes(other, GRAPH, theirs) == []
+    assert {f.model for f in theirs.values()} == {f.model for f in retracted}
+    # Retracting again changes nothing; re-activation brings the same flags back.
+    after = apply(mine, retracted)
+    assert (
+        flag_changes(finding.model_copy(update={"status": FindingStatus.RETRACTED}), GRAPH, after)
+        == []
+    )
+    again = flag_changes(finding, GRAPH, after)
+    assert {f.flag_id for f in again} == set(mine)
+    assert all(f.status is FindingStatus.ACTIVE for f in again)
+
+
+def test_a_finding_that_flags_no_model_retracts_nothing_it_never_flagged() -> None:
+    finding = finding_for(POSTS, severity=Severity.EXCLUDE_FROM_FUTURE)
+    assert flag_changes(finding, GRAPH, {}) == []
+
+
+def test_a_shorter_path_appearing_later_republishes_the_flag_with_it() -> None:
+    finding = finding_for(POSTS)
+    long_path = [edge(POSTS, "a", TOKENS), edge(TOKENS, "b", BASE), edge(BASE, "c", CHAT)]
+    stored = apply({}, flag_changes(finding, long_path, {}))
+    shortcut = [*long_path, edge(POSTS, "d", CHAT)]
+    (changed,) = flag_changes(finding, shortcut, stored)
+    assert changed.model == ModelRef(namespace=CHAT.namespace, name=CHAT.name, version=CHAT.version)
+    assert len(changed.evidence_path) == 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(order=st.permutations(range(len(GRAPH))), split=st.integers(0, len(GRAPH)))
+def test_flags_converge_whatever_order_edges_arrive_in(order: list[int], split: int) -> None:
+    """Edges arriving in two steps, in any order, leave the same flags as all at once."""
+    finding = finding_for(POSTS)
+    edges = [GRAPH[i] for i in order]
+    stored = apply({}, flag_changes(finding, edges[:split], {}))
+    stored = apply(stored, flag_changes(finding, edges, stored))
+    assert stored == apply({}, flag_changes(finding, GRAPH, {}))
