@@ -22,12 +22,18 @@ from contracts.jurisdictions import EU_EEA
 
 __all__ = [
     "CASE_NAMESPACE",
+    "NEAR_DUE_DAYS",
     "Case",
+    "ExtensionRefused",
+    "LegalBasis",
     "Regime",
     "add_calendar_months",
     "case_for_erasure",
     "case_for_flag",
     "deadline",
+    "extended_deadline",
+    "manual_case",
+    "urgency",
 ]
 
 CASE_NAMESPACE = UUID("5e8b1d3a-7c24-4f9e-b0a6-3d1c8e2f9b47")
@@ -55,6 +61,49 @@ def deadline(regime: Regime, received_at: datetime) -> datetime:
     if regime is Regime.CCPA:
         return received_at + timedelta(days=45)
     return received_at + timedelta(days=30)
+
+
+class LegalBasis(StrEnum):
+    GDPR_ART_17 = "GDPR Art. 17"
+    CCPA_1798_105 = "CCPA §1798.105"
+    COURT_ORDER = "court order"
+    CONTRACT = "contract"
+    INTERNAL_POLICY = "internal policy"
+
+
+class ExtensionRefused(ValueError):
+    pass
+
+
+NEAR_DUE_DAYS = 7
+"""A case due within this many days is listed right after the overdue ones."""
+
+
+def extended_deadline(
+    regime: Regime, original: datetime, *, already_extended: bool, reason: str
+) -> datetime:
+    """GDPR Art. 12(3): two further months, once, with a reason; CCPA §1798.130(a)(2): one
+    further 45 days, with a reason; a custom regime has no extension by law."""
+    if not reason.strip():
+        raise ExtensionRefused("an extension must record its reason")
+    if already_extended:
+        raise ExtensionRefused("the deadline was extended already: the law allows it once")
+    if regime is Regime.GDPR:
+        return add_calendar_months(original, 2)
+    if regime is Regime.CCPA:
+        return original + timedelta(days=45)
+    raise ExtensionRefused("a custom regime's deadline has no extension")
+
+
+def urgency(deadline_at: datetime, now: datetime, *, open_case: bool) -> tuple[int, datetime]:
+    """Sort key: overdue first, then near-due, then the rest, each by deadline; closed last."""
+    if not open_case:
+        return (3, deadline_at)
+    if deadline_at < now:
+        return (0, deadline_at)
+    if deadline_at - now <= timedelta(days=NEAR_DUE_DAYS):
+        return (1, deadline_at)
+    return (2, deadline_at)
 
 
 def regime_for(jurisdiction: str) -> Regime:
@@ -94,6 +143,31 @@ class Case:
 
 def _case_id(cause_key: str) -> UUID:
     return uuid5(CASE_NAMESPACE, cause_key)
+
+
+def manual_case(
+    *,
+    kind: CaseKind,
+    legal_basis: LegalBasis,
+    regime: Regime,
+    requester: str,
+    received_at: datetime,
+    scope: dict[str, Any],
+    idempotency_key: str,
+) -> Case:
+    """A case legal opens by hand; the same idempotency key never opens two."""
+    cause = f"manual:{requester}:{idempotency_key}"
+    return Case(
+        case_id=_case_id(cause),
+        kind=kind,
+        cause_key=cause,
+        legal_basis=legal_basis.value,
+        regime=regime,
+        requester=requester,
+        received_at=received_at,
+        deadline=deadline(regime, received_at),
+        scope=scope,
+    )
 
 
 def case_for_flag(flag: ModelFlag) -> Case | None:
