@@ -7,6 +7,7 @@ from pathlib import Path
 from faststream import FastStream
 
 from contracts.topics import FINDINGS, MODEL_FLAGS, OPENLINEAGE
+from services.lineage.entrypoints.events_http import router as events_router
 from services.lineage.entrypoints.http import router
 from services.lineage.entrypoints.kafka import decode_openlineage
 from services.lineage.service.handlers import on_finding, on_openlineage_event
@@ -28,7 +29,7 @@ SPEC = ServiceSpec(
         ),
         Subscription(FINDINGS, on_finding, description="Dataset findings → model flags."),
     ),
-    routers=(router,),
+    routers=(router, events_router),
     publishes=(MODEL_FLAGS,),
 )
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 from uuid import UUID
+
+from pydantic import PrivateAttr
 
 from contracts.base import ModelRef
 from contracts.events import DatasetFinding, ModelFlag
@@ -15,7 +17,7 @@ from contracts.openlineage import RunEvent
 from services.lineage.domain.propagation import LineageEdge, Node
 from services.runtime.db import Connection
 
-__all__ = ["LineageRepository", "RunRecorded"]
+__all__ = ["LineageRepository", "ReceivedRunEvent", "RunRecorded"]
 
 MAX_DEPTH = 64
 _GRAPH_LOCK = 0x4C494E45_00000001
@@ -29,6 +31,33 @@ class RunRecorded:
     """Inputs and outputs the run did not have yet (the graph grew)."""
 
 
+class ReceivedRunEvent(RunEvent):
+    """A RunEvent with the exact bytes it arrived as, which ``record_run_event`` keeps.
+
+    The bytes are the HTTP body once its ``Content-Encoding`` is undone, or the Kafka
+    record's value; ``received_via`` says which (``http``, ``kafka:<topic>/<p>@<offset>``).
+    """
+
+    _received: bytes = PrivateAttr(default=b"")
+    _received_via: str = PrivateAttr(default="")
+
+    @classmethod
+    def of(cls, payload: Mapping[str, Any], *, received: bytes, via: str) -> Self:
+        """Validate ``payload`` (the JSON object ``received`` holds) by the spec's names."""
+        event = cls.model_validate(payload, by_alias=True, by_name=False)
+        event._received = received
+        event._received_via = via
+        return event
+
+    @property
+    def received(self) -> bytes:
+        return self._received
+
+    @property
+    def received_via(self) -> str:
+        return self._received_via
+
+
 class LineageRepository:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
@@ -40,19 +69,28 @@ class LineageRepository:
     async def record_run_event(self, event: RunEvent) -> RunRecorded:
         """Keep the raw event and merge its inputs/outputs into the run.
 
+        Kept twice: canonical (``raw``, whose digest decides what is a duplicate, so the
+        first receipt of an event is the one kept) and, for a ``ReceivedRunEvent``, byte for
+        byte as received (``received``), for audit.
+
         Events of one run may come in any order (COMPLETE before START, inputs in a later
-        event): each adds what it names, so the run converges to the union of its events.
+        event): each adds what it names, so the run converges to the union of its events,
+        and its times and state are functions of that set, not of the order.
         """
         raw = event.model_dump(mode="json", by_alias=True, exclude_none=True)
         digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()
+        received = event if isinstance(event, ReceivedRunEvent) else None
         inserted = await self._conn.fetchval(
-            "INSERT INTO openlineage_events (event_digest, run_id, event_type, event_time, raw)"
-            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true",
+            "INSERT INTO openlineage_events (event_digest, run_id, event_type, event_time, raw,"
+            " received, received_via)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING true",
             digest,
             event.run.run_id,
             event.event_type.value if event.event_type else None,
             event.event_time,
             raw,
+            received.received if received else None,
+            received.received_via if received else None,
         )
         if not inserted:
             return RunRecorded(new_event=False, new_io=0)
@@ -65,9 +103,14 @@ class LineageRepository:
             ON CONFLICT (run_id) DO UPDATE SET
                 started_at = LEAST(runs.started_at, excluded.started_at),
                 ended_at = GREATEST(runs.ended_at, excluded.ended_at),
-                state = CASE WHEN excluded.ended_at IS NOT NULL
-                              AND excluded.ended_at >= coalesce(runs.ended_at, excluded.ended_at)
-                             THEN excluded.state ELSE coalesce(runs.state, excluded.state) END
+                -- The state of the run's events, whatever their order of arrival: a terminal
+                -- one over the others, then the latest; ties broken by the content.
+                state = (
+                    SELECT e.event_type FROM openlineage_events e
+                    WHERE e.run_id = excluded.run_id AND e.event_type IS NOT NULL
+                    ORDER BY e.event_type IN ('COMPLETE', 'FAIL', 'ABORT') DESC,
+                             e.event_time DESC, e.event_type, e.event_digest
+                    LIMIT 1)
             """,
             event.run.run_id,
             event.job.namespace,
@@ -101,6 +144,22 @@ class LineageRepository:
             event.event_time,
         )
         return RunRecorded(new_event=True, new_io=sum(1 for r in rows if r["inserted"]))
+
+    async def received_events(self, run_id: UUID) -> list[bytes]:
+        """The run's events as received, in event time order (then order of receipt).
+
+        An event recorded without its received bytes (before ``lineage_0003``, or built
+        in-process) comes back in its canonical form.
+        """
+        rows = await self._conn.fetch(
+            """
+            SELECT coalesce(received, convert_to(raw::text, 'UTF8')) AS text
+            FROM openlineage_events WHERE run_id = $1
+            ORDER BY event_time, received_at, event_digest
+            """,
+            run_id,
+        )
+        return [bytes(r["text"]) for r in rows]
 
     async def findings_upstream_of_run(self, run_id: UUID) -> list[DatasetFinding]:
         """Active findings on the run's inputs or anywhere upstream of them."""
