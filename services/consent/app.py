@@ -7,6 +7,7 @@ from pathlib import Path
 from faststream import FastStream
 
 from contracts.topics import CONSENT_EVENTS, POLICIES
+from services.consent.access import ACCESS
 from services.consent.entrypoints.http import router
 from services.runtime.host import ServiceSpec, create_broker
 from services.runtime.settings import ServiceSettings
@@ -17,6 +18,7 @@ SPEC = ServiceSpec(
     description="Append-only bitemporal consent ledger and policy versions.",
     migrations=Path(__file__).parent / "migrations" / "versions",
     routers=(router,),
+    access=ACCESS,
     publishes=(CONSENT_EVENTS, POLICIES),
 )
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from faststream import FastStream
 
 from contracts.topics import CASES, CONSENT_EVENTS, MODEL_FLAGS
+from services.deletion.access import ACCESS
 from services.deletion.entrypoints.http import router
 from services.deletion.service.handlers import on_consent_event, on_model_flag
 from services.runtime.consumer import Subscription
@@ -23,6 +24,7 @@ SPEC = ServiceSpec(
         Subscription(CONSENT_EVENTS, on_consent_event, description="Erasure requests → cases."),
     ),
     routers=(router,),
+    access=ACCESS,
     publishes=(CASES,),
 )
 

@@ -7,9 +7,11 @@ from pathlib import Path
 from faststream import FastStream
 
 from contracts.topics import FINDINGS, MODEL_FLAGS, OPENLINEAGE
+from services.lineage.access import ACCESS
 from services.lineage.entrypoints.events_http import router as events_router
 from services.lineage.entrypoints.http import router
 from services.lineage.entrypoints.kafka import decode_openlineage
+from services.lineage.entrypoints.models_http import router as models_router
 from services.lineage.service.handlers import on_finding, on_openlineage_event
 from services.runtime.consumer import Subscription
 from services.runtime.host import ServiceSpec, create_broker
@@ -29,7 +31,8 @@ SPEC = ServiceSpec(
         ),
         Subscription(FINDINGS, on_finding, description="Dataset findings → model flags."),
     ),
-    routers=(router, events_router),
+    routers=(router, events_router, models_router),
+    access=ACCESS,
     publishes=(MODEL_FLAGS,),
 )
 

@@ -7,6 +7,8 @@ from pathlib import Path
 from faststream import FastStream
 
 from contracts.topics import CONSENT_EVENTS, FINDINGS, POLICIES, REGISTRATIONS
+from services.registry.access import ACCESS
+from services.registry.entrypoints.composition_http import router as composition_router
 from services.registry.entrypoints.eligibility_http import router as eligibility_router
 from services.registry.entrypoints.http import router
 from services.registry.entrypoints.kafka import decode_registration
@@ -41,7 +43,8 @@ SPEC = ServiceSpec(
             description="Dataset-version registration: opened, record batches, sealed.",
         ),
     ),
-    routers=(router, eligibility_router),
+    routers=(router, eligibility_router, composition_router),
+    access=ACCESS,
     publishes=(FINDINGS,),
     workers=(EVALUATION_WORKER,),
 )

@@ -39,7 +39,7 @@ from typing import Any
 
 import httpx
 
-from services.runtime import embedded
+from services.runtime import auth, embedded
 from services.runtime.embedded import EmbeddedError
 
 #: The four services, in start order.
@@ -376,6 +376,30 @@ def _resolve_postgres(dev_dir: Path, stack: dict[str, Any]) -> None:
     }
 
 
+def _resolve_auth(dev_dir: Path, stack: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Per service, the auth variables it gets. Off unless ``AUTH_MODE=api_keys`` is set
+    (the walkthrough and local curl need no keys); then the keys of ``API_KEYS_FILE`` /
+    ``API_KEYS`` when set, else one development key per role in ``.dev/auth/``."""
+    mode = os.environ.get("AUTH_MODE", "").strip() or "off"
+    if mode == "off":
+        stack["auth"] = {"mode": "off"}
+        return {n: {"AUTH_MODE": "off"} for n in SERVICES}
+    if mode != "api_keys":
+        raise StackError(f"AUTH_MODE={mode}: use api_keys or off")
+    if os.environ.get("API_KEYS_FILE") or os.environ.get("API_KEYS"):
+        stack["auth"] = {"mode": mode, "keys_file": os.environ.get("API_KEYS_FILE")}
+        return {n: {"AUTH_MODE": mode} for n in SERVICES}
+    keys = auth.write_dev_keys(dev_dir / "auth")
+    stack["auth"] = {
+        "mode": mode,
+        "keys_file": str(keys.keys_file),
+        "plain_keys_file": str(keys.plain_file),
+    }
+    envs = {n: {"AUTH_MODE": mode, "API_KEYS_FILE": str(keys.keys_file)} for n in SERVICES}
+    envs["lineage"]["SERVICE_API_KEY"] = keys.service_key  # its reads of the registry
+    return envs
+
+
 def up(dev_dir: Path, *, timeout: float = 90.0, services: Sequence[str] = SERVICES) -> int:
     """Bring the stack up (see the module docstring); returns the exit code."""
     existing = load_stack(dev_dir)
@@ -405,10 +429,12 @@ def up(dev_dir: Path, *, timeout: float = 90.0, services: Sequence[str] = SERVIC
         bootstrap: str = stack["kafka"]["bootstrap_servers"]
         idempotence: bool = stack["kafka"]["enable_idempotence"]
         embedded.create_databases_sync(server_url, [database_name(n) for n in services])
+        auth_envs = _resolve_auth(dev_dir, stack)
         envs = {
             n: service_env(
                 n, bootstrap, server_url, DEFAULT_PORTS[n], enable_idempotence=idempotence
             )
+            | auth_envs[n]
             for n in services
         }
         for name in services:
@@ -463,6 +489,14 @@ def _print_table(stack: Mapping[str, Any]) -> None:
     width = max(len(r[1]) for r in rows)
     for name, url, note in rows:
         print(f"{name:<10} {url:<{width}}  {note}")
+    access = stack.get("auth", {})
+    if access.get("plain_keys_file"):
+        print(f"{'auth':<10} API keys, one per role: {access['plain_keys_file']}")
+        print(f"{'':<10} curl -H 'Authorization: Bearer <key>' …/api/v1/…")
+    elif access.get("mode") == "api_keys":
+        print(f"{'auth':<10} API keys from {access.get('keys_file') or 'API_KEYS'}")
+    else:
+        print(f"{'auth':<10} off (AUTH_MODE=api_keys make dev: one key per role)")
 
 
 def down(dev_dir: Path, *, quiet: bool = False, timeout: float = 10.0) -> int:

@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts.topics import Topic
 from services.runtime import metrics
+from services.runtime.auth import AccessTable, install_access_control
 from services.runtime.backoff import backoff_delays
 from services.runtime.consumer import EventConsumer, Subscription
 from services.runtime.db import connect_pool
@@ -56,6 +57,9 @@ class ServiceSpec:
     routers: Sequence[APIRouter] = ()
     workers: Sequence[WorkerSpec] = ()
     """Background jobs of the service's own (see ``services.runtime.worker``)."""
+    access: AccessTable | None = None
+    """Every route's allowed roles (``services/<name>/access.py``, see
+    ``services.runtime.auth``). Required while ``AUTH_MODE=api_keys``."""
 
 
 def create_broker(settings: ServiceSettings) -> KafkaBroker:
@@ -286,8 +290,17 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
     app = FastAPI(
         title=spec.title, description=spec.description, version="0.1.0", lifespan=lifespan
     )
+    health = _health_router()
+    install_access_control(  # before tracing, so that tracing stays the outermost layer
+        app,
+        settings,
+        service=spec.name,
+        routers=spec.routers,
+        open_routers=(health,),
+        table=spec.access,
+    )
     app.add_middleware(_TracingMiddleware)
-    app.include_router(_health_router())
+    app.include_router(health)
     for router in spec.routers:
         app.include_router(router)
     return app

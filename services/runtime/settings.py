@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PostgresDsn, field_validator
+from pydantic import Field, PostgresDsn, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ServiceSettings"]
@@ -52,6 +53,28 @@ class ServiceSettings(BaseSettings):
     Transient errors (database or broker unreachable) are retried without limit."""
 
     otel_exporter_otlp_endpoint: str | None = None
+
+    registry_url: str | None = None
+    """Base URL of the registry's HTTP API (e.g. ``http://127.0.0.1:8002``), for the
+    lineage service's reads: model inputs' composition and what-if. Unset: those answer 503."""
+
+    lineage_url: str | None = None
+    """Base URL of the lineage service's HTTP API (e.g. ``http://127.0.0.1:8003``), for the
+    deletion service's reads: scoping (models downstream) and verification (model status).
+    Unset: scoping fails with that reason, verification waits."""
+
+    # --- access (services/runtime/auth.py) ---
+    auth_mode: Literal["api_keys", "off"] = "api_keys"
+    """``api_keys``: every API call needs a key whose roles the route allows (health,
+    metrics and the API docs stay open). ``off``: nobody is authenticated (development and
+    tests only; the process says so in its log)."""
+    api_keys_file: Path | None = None
+    """A JSON or YAML key list: per key its SHA-256, principal name and roles."""
+    api_keys: str | None = None
+    """The same list inline (e.g. from a secret); added to the file's keys."""
+    service_api_key: SecretStr | None = None
+    """The key this service presents when it calls another service's API (lineage → registry:
+    a key with role ``ml_reader``)."""
 
     @field_validator("database_url", mode="before")
     @classmethod

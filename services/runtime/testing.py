@@ -21,9 +21,11 @@ from typing import Protocol
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from services.runtime import devstack, embedded
+from services.runtime.auth import DevKeys, write_dev_keys
 from services.runtime.migrate import upgrade
 
 __all__ = [
+    "DevKeys",
     "FakePool",
     "PostgresProxy",
     "ServiceProcess",
@@ -32,6 +34,7 @@ __all__ = [
     "header",
     "migrate_service",
     "produce",
+    "role_keys",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -42,6 +45,13 @@ def migrate_service(name: str, database_url: str) -> None:
     versions = REPO_ROOT / "services" / name / "migrations" / "versions"
     with ThreadPoolExecutor(1) as pool:
         pool.submit(upgrade, versions, database_url, wait_s=10).result()
+
+
+def role_keys(directory: Path) -> tuple[DevKeys, dict[str, str]]:
+    """One fresh key per role (and lineage's service key) in ``directory``, and the
+    ``extra_env`` that turns auth on with them for a :class:`ServiceProcess`."""
+    keys = write_dev_keys(directory, reuse=False)
+    return keys, {"AUTH_MODE": "api_keys", "API_KEYS_FILE": str(keys.keys_file)}
 
 
 @dataclass
@@ -85,6 +95,8 @@ class ServiceProcess:
             "RETRY_MAX_BACKOFF_S": "1.0",
             "OUTBOX_POLL_INTERVAL_S": "0.5",
             "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+            # Tests call the APIs without keys unless they turn auth on (see `role_keys`).
+            "AUTH_MODE": "off",
             **self.extra_env,
         }
 

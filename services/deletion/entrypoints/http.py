@@ -6,11 +6,12 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
 
-from fastapi import APIRouter, Header, HTTPException, Response, status
+from fastapi import APIRouter, Header, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field, model_validator
 
 from contracts.base import CategoryPath, DatasetRef, Jurisdiction, ModelRef, SubjectId
 from contracts.events import CaseKind
+from services.deletion.access import COMMAND_ROLES
 from services.deletion.adapters.repository import CaseRepository
 from services.deletion.domain.cases import (
     ExtensionRefused,
@@ -28,6 +29,7 @@ from services.deletion.service.cases import (
     extend_deadline,
     open_case,
 )
+from services.runtime.auth import actor_of, require_roles
 from services.runtime.host import RuntimeDep
 
 __all__ = ["router"]
@@ -36,6 +38,10 @@ router = APIRouter(prefix="/api/v1", tags=["deletion"])
 
 _Actor = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^\S(.*\S)?$")]
 _Reason = Annotated[str, Field(max_length=2000)]
+_WHO = (
+    "With AUTH_MODE=api_keys: the authenticated principal, always; omit it or repeat that"
+    " name (another name is a 403). With AUTH_MODE=off: required."
+)
 
 
 class CaseScope(BaseModel):
@@ -59,7 +65,7 @@ class OpenCase(BaseModel):
     kind: CaseKind
     legal_basis: LegalBasis
     regime: Regime
-    requester: _Actor
+    requester: _Actor | None = Field(default=None, description=f"Who opens the case. {_WHO}")
     scope: CaseScope
     received_at: datetime | None = Field(
         default=None, description="When the request was received (default: now)"
@@ -88,7 +94,7 @@ class CaseAction(BaseModel):
     model_config = {"extra": "forbid"}
 
     command: Command
-    actor: _Actor
+    actor: _Actor | None = Field(default=None, description=f"Who gives the command. {_WHO}")
     reason: _Reason = ""
     expected_version: int | None = Field(
         default=None, description="Refuse (409) if the case changed since this version"
@@ -98,7 +104,7 @@ class CaseAction(BaseModel):
 class Extension(BaseModel):
     model_config = {"extra": "forbid"}
 
-    actor: _Actor
+    actor: _Actor | None = Field(default=None, description=f"Who extends it. {_WHO}")
     reason: _Reason
 
 
@@ -106,17 +112,19 @@ class Extension(BaseModel):
 async def post_case(
     body: OpenCase,
     runtime: RuntimeDep,
+    request: Request,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> dict[str, Any]:
     """Open a case. With an ``Idempotency-Key`` header, sending it again opens nothing new
     (200 with the case)."""
+    requester = actor_of(request, body.requester, field="requester")
     now = datetime.now(UTC)
     case = manual_case(
         kind=body.kind,
         legal_basis=body.legal_basis,
         regime=body.regime,
-        requester=body.requester,
+        requester=requester,
         received_at=body.received_at or now,
         scope=body.scope.model_dump(mode="json", exclude_defaults=True),
         idempotency_key=idempotency_key or str(uuid4()),
@@ -154,9 +162,13 @@ async def get_case(case_id: UUID, runtime: RuntimeDep) -> dict[str, Any]:
 
 
 @router.post("/cases/{case_id}/actions", responses={404: {}, 409: {}})
-async def post_action(case_id: UUID, body: CaseAction, runtime: RuntimeDep) -> dict[str, Any]:
+async def post_action(
+    case_id: UUID, body: CaseAction, runtime: RuntimeDep, request: Request
+) -> dict[str, Any]:
     """Move the case through its workflow: one command (approve, reject, hold, release,
     cancel, resume, …), audited with its actor and reason. 409 says why it was refused."""
+    actor = actor_of(request, body.actor)
+    require_roles(request, COMMAND_ROLES[body.command], f"the command {body.command.value}")
     now = datetime.now(UTC)
     try:
         async with runtime.unit_of_work() as uow:
@@ -164,7 +176,7 @@ async def post_action(case_id: UUID, body: CaseAction, runtime: RuntimeDep) -> d
                 uow,
                 case_id,
                 body.command,
-                actor=body.actor,
+                actor=actor,
                 reason=body.reason,
                 now=now,
                 expected_version=body.expected_version,
@@ -179,12 +191,15 @@ async def post_action(case_id: UUID, body: CaseAction, runtime: RuntimeDep) -> d
 
 
 @router.post("/cases/{case_id}/extension", responses={404: {}, 409: {}})
-async def post_extension(case_id: UUID, body: Extension, runtime: RuntimeDep) -> dict[str, Any]:
+async def post_extension(
+    case_id: UUID, body: Extension, runtime: RuntimeDep, request: Request
+) -> dict[str, Any]:
     """Extend the deadline as the regime allows (GDPR: two months, CCPA: 45 days; once)."""
+    actor = actor_of(request, body.actor)
     now = datetime.now(UTC)
     try:
         async with runtime.unit_of_work() as uow:
-            await extend_deadline(uow, case_id, actor=body.actor, reason=body.reason, now=now)
+            await extend_deadline(uow, case_id, actor=actor, reason=body.reason, now=now)
             row = await CaseRepository(uow.connection).get(case_id, now)
     except CaseNotFound as exc:
         raise HTTPException(404, str(exc)) from None
