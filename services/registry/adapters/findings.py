@@ -285,7 +285,7 @@ class FindingStore:
             """,
             ids,
         )
-        changed = []
+        changed: list[DatasetFinding] = []
         for row in rows:
             previous = DatasetFinding.model_validate_json(row["body"])
             if row["records"] == 0:
@@ -299,30 +299,40 @@ class FindingStore:
                         int(row["records"]),
                         int(row["subjects"]),
                         tuple(row["sample"]),
-                        tuple(row["events"]),
+                        tuple(UUID(int=e.int) for e in row["events"]),
                     ),
                 )
                 if row["status"] == body.status.value and body == previous:
                     continue
-            seq = await self._conn.fetchval(
-                """
-                WITH updated AS (
-                    UPDATE findings SET body = $2, status = $3, affected_records = $4,
-                        affected_subjects = $5, trace_id = $6, updated_at = now()
-                    WHERE finding_id = $1
-                )
-                INSERT INTO finding_events (finding_id, status, body) VALUES ($1, $3, $2)
-                RETURNING seq
-                """,
-                body.finding_id,
-                body.model_dump(mode="json"),
-                body.status.value,
-                body.affected_records,
-                body.affected_subjects,
-                trace_id,
+            changed.append(body)
+        if not changed:
+            return []
+        bodies = [b.model_dump_json() for b in changed]
+        rows = await self._conn.fetch(
+            """
+            WITH changed AS (
+                SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::integer[],
+                                     $5::integer[]) WITH ORDINALITY
+                    AS c(finding_id, body, status, records, subjects, n)
+            ), updated AS (
+                UPDATE findings f SET body = c.body::jsonb, status = c.status,
+                    affected_records = c.records, affected_subjects = c.subjects,
+                    trace_id = $6, updated_at = now()
+                FROM changed c WHERE f.finding_id = c.finding_id
             )
-            changed.append((body, int(seq)))
-        return changed
+            INSERT INTO finding_events (finding_id, status, body)
+            SELECT finding_id, status, body::jsonb FROM changed ORDER BY n
+            RETURNING finding_id, seq
+            """,
+            [b.finding_id for b in changed],
+            bodies,
+            [b.status.value for b in changed],
+            [b.affected_records for b in changed],
+            [b.affected_subjects for b in changed],
+            trace_id,
+        )
+        seqs = {r["finding_id"]: int(r["seq"]) for r in rows}
+        return [(b, seqs[b.finding_id]) for b in changed]
 
     # --- jobs ------------------------------------------------------------------------
 
