@@ -66,4 +66,10 @@ ACCESS: AccessTable = {
     ("POST", "/api/v1/cases/{case_id}/extension"): allow(LEGAL),
     ("GET", "/api/v1/cases/{case_id}/evidence"): _READ,
     ("GET", "/api/v1/cases/{case_id}/evidence/bundle"): _READ,
+    ("POST", "/api/v1/cases/{case_id}/scope"): allow(COMMAND_ROLES[Command.SUBMIT_SCOPE]),
+    ("GET", "/api/v1/cases/{case_id}/execution"): _READ,
+    ("PUT", "/api/v1/webhook-systems/{system}"): allow(ADMIN),
+    ("GET", "/api/v1/webhook-systems"): allow(ADMIN),
+    # POST /api/v1/task-acknowledgements is an open route (ServiceSpec.open_routers):
+    # webhook systems sign it with their shared secret instead of an API key.
 }

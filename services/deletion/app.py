@@ -6,10 +6,14 @@ from pathlib import Path
 
 from faststream import FastStream
 
-from contracts.topics import CASES, CONSENT_EVENTS, MODEL_FLAGS
+from contracts.topics import CASES, CONSENT_EVENTS, DELETION_TASKS, MODEL_FLAGS, TASK_RESULTS
 from services.deletion.access import ACCESS
+from services.deletion.entrypoints.execution_http import acknowledgement_router
+from services.deletion.entrypoints.execution_http import router as execution_router
 from services.deletion.entrypoints.http import router
+from services.deletion.service.execution import VERIFICATION_WORKER, on_task_result
 from services.deletion.service.handlers import on_consent_event, on_model_flag
+from services.deletion.service.webhooks import WEBHOOK_WORKER
 from services.runtime.consumer import Subscription
 from services.runtime.host import ServiceSpec, create_broker
 from services.runtime.settings import ServiceSettings
@@ -22,10 +26,17 @@ SPEC = ServiceSpec(
     subscriptions=(
         Subscription(MODEL_FLAGS, on_model_flag, description="Model flags → destruction cases."),
         Subscription(CONSENT_EVENTS, on_consent_event, description="Erasure requests → cases."),
+        Subscription(
+            TASK_RESULTS,
+            on_task_result,
+            description="Executors' acknowledgements → task states, failure or verification.",
+        ),
     ),
-    routers=(router,),
+    routers=(router, execution_router),
+    open_routers=(acknowledgement_router,),
     access=ACCESS,
-    publishes=(CASES,),
+    workers=(WEBHOOK_WORKER, VERIFICATION_WORKER),
+    publishes=(CASES, DELETION_TASKS, TASK_RESULTS),
 )
 
 

@@ -6,12 +6,13 @@ from pathlib import Path
 
 from faststream import FastStream
 
-from contracts.topics import FINDINGS, MODEL_FLAGS, OPENLINEAGE
+from contracts.topics import DELETION_TASKS, FINDINGS, MODEL_FLAGS, OPENLINEAGE, TASK_RESULTS
 from services.lineage.access import ACCESS
 from services.lineage.entrypoints.events_http import router as events_router
 from services.lineage.entrypoints.http import router
 from services.lineage.entrypoints.kafka import decode_openlineage
 from services.lineage.entrypoints.models_http import router as models_router
+from services.lineage.service.executor import on_deletion_task
 from services.lineage.service.handlers import on_finding, on_openlineage_event
 from services.runtime.consumer import Subscription
 from services.runtime.host import ServiceSpec, create_broker
@@ -24,6 +25,11 @@ SPEC = ServiceSpec(
     migrations=Path(__file__).parent / "migrations" / "versions",
     subscriptions=(
         Subscription(
+            DELETION_TASKS,
+            on_deletion_task,
+            description="Deletion tasks for lineage → models destroyed/superseded, acknowledged.",
+        ),
+        Subscription(
             OPENLINEAGE,
             on_openlineage_event,
             decoder=decode_openlineage,
@@ -33,7 +39,7 @@ SPEC = ServiceSpec(
     ),
     routers=(router, events_router, models_router),
     access=ACCESS,
-    publishes=(MODEL_FLAGS,),
+    publishes=(MODEL_FLAGS, TASK_RESULTS),
 )
 
 

@@ -6,7 +6,14 @@ from pathlib import Path
 
 from faststream import FastStream
 
-from contracts.topics import CONSENT_EVENTS, FINDINGS, POLICIES, REGISTRATIONS
+from contracts.topics import (
+    CONSENT_EVENTS,
+    DELETION_TASKS,
+    FINDINGS,
+    POLICIES,
+    REGISTRATIONS,
+    TASK_RESULTS,
+)
 from services.registry.access import ACCESS
 from services.registry.entrypoints.composition_http import router as composition_router
 from services.registry.entrypoints.eligibility_http import router as eligibility_router
@@ -18,6 +25,7 @@ from services.registry.service.handlers import (
     on_consent_events,
     on_policy_change,
 )
+from services.registry.service.purge import on_deletion_task
 from services.registry.service.registration_events import on_registration
 from services.runtime.consumer import Subscription
 from services.runtime.host import ServiceSpec, create_broker
@@ -29,6 +37,11 @@ SPEC = ServiceSpec(
     description="Records, sealed dataset versions, and findings when consent or policy changes.",
     migrations=Path(__file__).parent / "migrations" / "versions",
     subscriptions=(
+        Subscription(
+            DELETION_TASKS,
+            on_deletion_task,
+            description="Deletion tasks for the registry → purge, acknowledged.",
+        ),
         Subscription(POLICIES, on_policy_change, description="Policy versions projection."),
         Subscription(
             CONSENT_EVENTS,
@@ -45,7 +58,7 @@ SPEC = ServiceSpec(
     ),
     routers=(router, eligibility_router, composition_router),
     access=ACCESS,
-    publishes=(FINDINGS,),
+    publishes=(FINDINGS, TASK_RESULTS),
     workers=(EVALUATION_WORKER,),
 )
 

@@ -92,6 +92,10 @@ def service_env(
         "LOG_LEVEL": (log_level or os.environ.get("LOG_LEVEL") or "INFO").upper(),
         "SERVICE_NAME": name,  # a SERVICE_NAME in the caller's env must not rename all four
         "PYTHONUNBUFFERED": "1",
+        # Reads between services (never on the event path): lineage and deletion ask the
+        # registry and lineage over HTTP.
+        "REGISTRY_URL": f"http://127.0.0.1:{DEFAULT_PORTS['registry']}",
+        "LINEAGE_URL": f"http://127.0.0.1:{DEFAULT_PORTS['lineage']}",
     }
 
 
@@ -396,7 +400,8 @@ def _resolve_auth(dev_dir: Path, stack: dict[str, Any]) -> dict[str, dict[str, s
         "plain_keys_file": str(keys.plain_file),
     }
     envs = {n: {"AUTH_MODE": mode, "API_KEYS_FILE": str(keys.keys_file)} for n in SERVICES}
-    envs["lineage"]["SERVICE_API_KEY"] = keys.service_key  # its reads of the registry
+    for reader in ("lineage", "deletion"):  # their reads of the registry and lineage
+        envs[reader]["SERVICE_API_KEY"] = keys.service_key
     return envs
 
 

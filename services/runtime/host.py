@@ -55,6 +55,9 @@ class ServiceSpec:
     subscriptions: Sequence[Subscription] = ()
     publishes: Sequence[Topic] = ()
     routers: Sequence[APIRouter] = ()
+    open_routers: Sequence[APIRouter] = ()
+    """Routes that callers prove themselves to by other means than an API key (a signed
+    webhook acknowledgement): outside the access table, never behind a key."""
     workers: Sequence[WorkerSpec] = ()
     """Background jobs of the service's own (see ``services.runtime.worker``)."""
     access: AccessTable | None = None
@@ -296,11 +299,11 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
         settings,
         service=spec.name,
         routers=spec.routers,
-        open_routers=(health,),
+        open_routers=(health, *spec.open_routers),
         table=spec.access,
     )
     app.add_middleware(_TracingMiddleware)
     app.include_router(health)
-    for router in spec.routers:
+    for router in (*spec.routers, *spec.open_routers):
         app.include_router(router)
     return app
