@@ -44,5 +44,6 @@ ACCESS: AccessTable = {
     # composition and what-if (composition_http.py)
     ("GET", "/api/v1/dataset-version/composition"): _READ,
     ("GET", "/api/v1/dataset-version/subjects"): _READ,
+    ("GET", "/api/v1/dataset-versions/holding"): _READ,
     ("POST", "/api/v1/what-if/withdrawal"): _READ,
 }

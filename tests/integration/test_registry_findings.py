@@ -440,3 +440,32 @@ async def test_duplicates_and_replays_change_nothing_and_a_rebuild_yields_the_sa
         assert again == first
     finally:
         replayed.stop()
+
+
+async def test_versions_holding_records_of_a_category_answer_what_a_purge_reaches(
+    world: Scenario,
+) -> None:
+    chat = await world.register(
+        "chat", {"ann": ["user.content.private", "user.content.public"], "bob": ["user.contact"]}
+    )
+    await world.register("posts", {"bob": ["user.content.public"]})
+
+    async def holding(**params: Any) -> list[tuple[str, int, int]]:
+        response = await world.http.get("/api/v1/dataset-versions/holding", params=params)
+        assert response.status_code == 200, response.text
+        return [
+            (row["dataset"]["name"].split("/", 1)[1], row["records"], row["subjects"])
+            for row in response.json()
+            if row["dataset"]["name"].startswith(world.tag)
+        ]
+
+    assert await holding(category="user.content") == [("chat", 2, 1), ("posts", 1, 1)]
+    assert await holding(category="user.content.private") == [("chat", 1, 1)]
+    assert await holding(category=["user.contact", "user.content.private"]) == [("chat", 2, 2)]
+    assert await holding(category="user.content", jurisdiction="FR") == []
+    assert await holding(category="user.content", jurisdiction="DE") != []
+    assert await holding(category="user.content", collected_until="2024-05-01T00:00:00Z") == []
+    assert await holding(category="user.content", collected_from="2024-05-01T00:00:00Z") != []
+    refused = await world.http.get("/api/v1/dataset-versions/holding")
+    assert refused.status_code == 422
+    assert chat["name"].endswith("/chat")

@@ -32,7 +32,7 @@ __all__ = [
 DEFAULT_TIMEOUT_S = 30.0
 CONCURRENCY = 8
 CATEGORY_RECORDS_PATH = "/api/v1/dataset-versions/holding"
-"""The registry read a category purge needs (not served yet; see the README):
+"""The registry read a category purge needs (registry: ``entrypoints/composition_http.py``):
 ``GET …?category=C&…[&jurisdiction=J…][&collected_from=T][&collected_until=T]`` → the
 sealed versions holding such records, ``[{"dataset", "records", "subjects"}]``."""
 

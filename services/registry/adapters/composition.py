@@ -14,6 +14,7 @@ transaction so that its parts see the same state.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from contracts.base import DatasetRef
@@ -104,6 +105,51 @@ class CompositionStore:
             """
         rows = await self._conn.fetch(query, version_id, after, limit)
         return [r["subject_id"] for r in rows]
+
+    async def versions_holding(
+        self,
+        categories: Sequence[str],
+        jurisdictions: Sequence[str],
+        collected_from: datetime | None,
+        collected_until: datetime | None,
+    ) -> list[dict[str, Any]]:
+        """Sealed versions holding records of the categories (and below), optionally of the
+        jurisdictions and collected in ``[collected_from, collected_until)``: what a
+        category purge reaches. A scan of ``records`` by design (legal's rare, broad read)."""
+        rows = await self._conn.fetch(
+            """
+            SELECT dv.namespace, dv.name, dv.version, count(*) AS records,
+                   count(DISTINCT r.subject_id) AS subjects
+            FROM records r
+            JOIN memberships m ON m.record_pk = r.record_pk
+            JOIN dataset_versions dv ON dv.dataset_version_id = m.dataset_version_id
+            WHERE dv.sealed_at IS NOT NULL
+              AND EXISTS (SELECT 1 FROM unnest($1::text[]) c
+                          WHERE r.category = c OR starts_with(r.category, c || '.'))
+              AND (cardinality($2::text[]) = 0 OR r.jurisdiction = ANY($2::text[])
+                   OR split_part(r.jurisdiction, '-', 1) = ANY($2::text[]))
+              AND ($3::timestamptz IS NULL OR r.collected_at >= $3)
+              AND ($4::timestamptz IS NULL OR r.collected_at < $4)
+            GROUP BY dv.dataset_version_id
+            ORDER BY dv.namespace, dv.name, dv.version
+            """,
+            list(categories),
+            list(jurisdictions),
+            collected_from,
+            collected_until,
+        )
+        return [
+            {
+                "dataset": {
+                    "namespace": r["namespace"],
+                    "name": r["name"],
+                    "version": r["version"],
+                },
+                "records": int(r["records"]),
+                "subjects": int(r["subjects"]),
+            }
+            for r in rows
+        ]
 
     async def _records_estimate(self) -> int:
         """The planner's row count of ``records`` (cheap; exact enough to pick a plan)."""

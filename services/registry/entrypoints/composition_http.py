@@ -17,8 +17,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from contracts.base import AwareDatetime, CategoryPath, DatasetRef, PurposePath, SubjectId
+from contracts.base import (
+    AwareDatetime,
+    CategoryPath,
+    DatasetRef,
+    Jurisdiction,
+    PurposePath,
+    SubjectId,
+)
 from contracts.jurisdictions import GROUPS
+from services.registry.adapters.composition import CompositionStore
 from services.registry.domain.whatif import Scope, ScopeKind
 from services.registry.service.whatif import (
     MAX_SUBJECTS_WITH_HISTORY,
@@ -27,6 +35,7 @@ from services.registry.service.whatif import (
     what_if_withdrawal,
 )
 from services.runtime.host import RuntimeDep
+from services.runtime.http import QueryTime
 
 __all__ = ["router"]
 
@@ -55,6 +64,26 @@ async def get_composition(
     if answer is None:
         raise HTTPException(404, f"no sealed dataset version {dataset.key}")
     return answer
+
+
+@router.get("/dataset-versions/holding")
+async def get_versions_holding(
+    runtime: RuntimeDep,
+    category: Annotated[list[CategoryPath], Query(min_length=1, max_length=100)],
+    jurisdiction: Annotated[list[Jurisdiction], Query(max_length=100)] = [],  # noqa: B006
+    collected_from: Annotated[QueryTime | None, Query()] = None,
+    collected_until: Annotated[QueryTime | None, Query()] = None,
+) -> list[dict[str, Any]]:
+    """Sealed versions holding records of these categories (and below), optionally of these
+    jurisdictions (a country covers its subdivisions) and collected in
+    ``[collected_from, collected_until)``, with their counts: what a category purge
+    reaches (the deletion service's scoping and verification)."""
+    if collected_from and collected_until and collected_from >= collected_until:
+        raise HTTPException(422, "collected_from must be before collected_until")
+    async with runtime.pool.acquire() as conn:
+        return await CompositionStore(conn).versions_holding(
+            category, jurisdiction, collected_from, collected_until
+        )
 
 
 @router.get("/dataset-version/subjects", responses={404: _E404})
