@@ -6,13 +6,20 @@ from pathlib import Path
 
 from faststream import FastStream
 
-from contracts.topics import CASES, CONSENT_EVENTS, DELETION_TASKS, MODEL_FLAGS, TASK_RESULTS
+from contracts.topics import (
+    CASES,
+    CONSENT_EVENTS,
+    DELETION_TASKS,
+    MODEL_FLAGS,
+    POLICIES,
+    TASK_RESULTS,
+)
 from services.deletion.access import ACCESS
 from services.deletion.entrypoints.execution_http import acknowledgement_router
 from services.deletion.entrypoints.execution_http import router as execution_router
 from services.deletion.entrypoints.http import router
 from services.deletion.service.execution import VERIFICATION_WORKER, on_task_result
-from services.deletion.service.handlers import on_consent_event, on_model_flag
+from services.deletion.service.handlers import on_consent_event, on_model_flag, on_policy_change
 from services.deletion.service.webhooks import WEBHOOK_WORKER
 from services.runtime.consumer import Subscription
 from services.runtime.host import ServiceSpec, create_broker
@@ -25,7 +32,12 @@ SPEC = ServiceSpec(
     migrations=Path(__file__).parent / "migrations" / "versions",
     subscriptions=(
         Subscription(MODEL_FLAGS, on_model_flag, description="Model flags → destruction cases."),
-        Subscription(CONSENT_EVENTS, on_consent_event, description="Erasure requests → cases."),
+        Subscription(POLICIES, on_policy_change, description="Policy versions projection."),
+        Subscription(
+            CONSENT_EVENTS,
+            on_consent_event,
+            description="Withdrawals requesting (or requiring) erasure → cases.",
+        ),
         Subscription(
             TASK_RESULTS,
             on_task_result,

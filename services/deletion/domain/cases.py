@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -19,6 +20,8 @@ from contracts.events import (
     Severity,
 )
 from contracts.jurisdictions import EU_EEA
+from contracts.policy import PolicyDocument
+from services.eligibility import Use, governing_rule, policy_in_force
 
 __all__ = [
     "CASE_NAMESPACE",
@@ -33,6 +36,7 @@ __all__ = [
     "deadline",
     "extended_deadline",
     "manual_case",
+    "policy_requires_erasure",
     "urgency",
 ]
 
@@ -194,9 +198,42 @@ def case_for_flag(flag: ModelFlag) -> Case | None:
     )
 
 
-def case_for_erasure(event: ConsentEvent) -> Case | None:
-    """A withdrawal that also asks for erasure opens a subject-erasure case."""
-    if event.state is not ConsentState.WITHDRAWN or not event.erasure_requested:
+def policy_requires_erasure(
+    event: ConsentEvent, policies: Sequence[tuple[PolicyDocument, datetime]]
+) -> str | None:
+    """The rule (``policy/rule``) whose withdrawal effect asks for erasure of what this
+    withdrawal covers, read at its effective time under each policy's reading in force;
+    None when no rule does."""
+    by_policy: dict[str, list[tuple[PolicyDocument, datetime]]] = {}
+    for document, published_at in policies:
+        by_policy.setdefault(document.policy_id, []).append((document, published_at))
+    for policy_id in sorted(by_policy):
+        reading = policy_in_force(by_policy[policy_id], event.effective_at)
+        if reading is None:
+            continue
+        for category in event.data_categories:
+            use = Use(
+                subject_id=event.subject_id,
+                jurisdiction=event.jurisdiction,
+                purpose=event.purpose,
+                category=category,
+                used_at=event.effective_at,
+            )
+            rule = governing_rule(reading, use)
+            if rule is not None and rule.withdrawal.erasure:
+                return f"{reading.policy_id}/{reading.version}/{rule.id}"
+    return None
+
+
+def case_for_erasure(
+    event: ConsentEvent, policies: Sequence[tuple[PolicyDocument, datetime]] = ()
+) -> Case | None:
+    """A withdrawal opens a subject-erasure case when the subject asked for erasure, or when
+    the policy says that withdrawing this consent requires erasure (``withdrawal.erasure``)."""
+    if event.state is not ConsentState.WITHDRAWN:
+        return None
+    required_by = None if event.erasure_requested else policy_requires_erasure(event, policies)
+    if not event.erasure_requested and required_by is None:
         return None
     cause = f"erasure:{event.subject_id}:{event.consent_event_id}"
     regime = regime_for(event.jurisdiction)
@@ -211,5 +248,11 @@ def case_for_erasure(event: ConsentEvent) -> Case | None:
         requester=f"subject:{event.subject_id}",
         received_at=event.recorded_at,
         deadline=deadline(regime, event.recorded_at),
-        scope={"subject_ids": [event.subject_id], "data_categories": list(event.data_categories)},
+        scope={
+            "subject_ids": [event.subject_id],
+            "data_categories": list(event.data_categories),
+            "erasure": "requested by the subject"
+            if required_by is None
+            else f"required by policy rule {required_by}",
+        },
     )

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from contracts.events import ConsentEvent, ModelFlag
+from datetime import datetime
+
+from contracts.events import ConsentEvent, ModelFlag, PolicyChange
+from contracts.policy import PolicyDocument
 from services.deletion.domain.cases import case_for_erasure, case_for_flag
 from services.deletion.service.cases import open_case
 from services.runtime.messages import Event
 from services.runtime.unit_of_work import UnitOfWork
 
-__all__ = ["on_consent_event", "on_model_flag"]
+__all__ = ["on_consent_event", "on_model_flag", "on_policy_change"]
 
 
 async def on_model_flag(event: Event[ModelFlag], uow: UnitOfWork) -> None:
@@ -18,6 +21,28 @@ async def on_model_flag(event: Event[ModelFlag], uow: UnitOfWork) -> None:
 
 
 async def on_consent_event(event: Event[ConsentEvent], uow: UnitOfWork) -> None:
-    """A withdrawal that requests erasure opens a subject-erasure case."""
-    if (case := case_for_erasure(event.body)) is not None:
+    """A withdrawal that requests erasure, or that the policy says requires erasure, opens
+    a subject-erasure case (once per withdrawal)."""
+    policies = await _policies(uow)
+    if (case := case_for_erasure(event.body, policies)) is not None:
         await open_case(uow, case)
+
+
+async def on_policy_change(event: Event[PolicyChange], uow: UnitOfWork) -> None:
+    """Our own projection of policy versions (never a call to the consent service)."""
+    policy = event.body.policy
+    await uow.connection.execute(
+        "INSERT INTO policy_versions (policy_id, version, published_at, document)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        policy.policy_id,
+        policy.version,
+        event.body.published_at,
+        policy.model_dump(mode="json"),
+    )
+
+
+async def _policies(uow: UnitOfWork) -> list[tuple[PolicyDocument, datetime]]:
+    rows = await uow.connection.fetch(
+        "SELECT document::text AS document, published_at FROM policy_versions"
+    )
+    return [(PolicyDocument.model_validate_json(r["document"]), r["published_at"]) for r in rows]

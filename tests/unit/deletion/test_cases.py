@@ -24,6 +24,13 @@ from contracts.events import (
     ModelFlag,
     Severity,
 )
+from contracts.policy import (
+    LawfulBasis,
+    PolicyDocument,
+    PolicyRule,
+    WithdrawalEffect,
+    WithdrawalRequires,
+)
 from services.deletion.domain.cases import (
     Regime,
     add_calendar_months,
@@ -252,6 +259,7 @@ def test_withdrawal_with_erasure_opens_a_subject_erasure_case(
     assert case.scope == {
         "subject_ids": ["member:8812"],
         "data_categories": ["user.content", "user.contact"],
+        "erasure": "requested by the subject",
     }
 
 
@@ -271,3 +279,36 @@ def test_erasure_case_ids_follow_the_consent_event() -> None:
     assert first is not None and replay is not None and other is not None
     assert first.case_id == replay.case_id
     assert first.case_id != other.case_id
+
+
+def erasure_policy(*, erasure: bool, jurisdictions: tuple[str, ...] = ("EU",)) -> PolicyDocument:
+    return PolicyDocument(
+        policy_id="ai",
+        version="3",
+        valid_from=T0 - timedelta(days=365),
+        rules=(
+            PolicyRule(
+                id="eu-content",
+                jurisdictions=jurisdictions,
+                purposes=("ai.training",),
+                data_categories=("user.content",),
+                lawful_bases=(LawfulBasis(mechanism=ConsentMechanism.EXPLICIT_OPT_IN),),
+                withdrawal=WithdrawalEffect(requires=WithdrawalRequires.RETRAIN, erasure=erasure),
+            ),
+        ),
+    )
+
+
+def test_a_withdrawal_the_policy_says_requires_erasure_opens_a_case() -> None:
+    event = consent_event(erasure_requested=False, mechanism=ConsentMechanism.OPT_OUT)
+    policies = [(erasure_policy(erasure=True), T0 - timedelta(days=300))]
+    case = case_for_erasure(event, policies)
+    assert case is not None and case.kind is CaseKind.SUBJECT_ERASURE
+    assert case.scope["erasure"] == "required by policy rule ai/3/eu-content"
+    assert case_for_erasure(event, [(erasure_policy(erasure=False), T0)]) is None
+    elsewhere = [(erasure_policy(erasure=True, jurisdictions=("US",)), T0)]
+    assert case_for_erasure(event, elsewhere) is None, "no rule governs a DE withdrawal"
+    not_yet = [(erasure_policy(erasure=True).model_copy(update={"valid_from": T0}), T0)]
+    assert case_for_erasure(event, not_yet) is None, "read at the withdrawal's effective time"
+    grant = consent_event(state=ConsentState.GRANTED, erasure_requested=False)
+    assert case_for_erasure(grant, policies) is None
