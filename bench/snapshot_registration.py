@@ -2,6 +2,7 @@
 subject query with 10M+ memberships present.
 
     python bench/snapshot_registration.py [--records N] [--chunk C] [--parallel P]
+                                          [--memberships M (0: no subject query)]
 
 Starts a Tansu broker (unless ``KAFKA_BOOTSTRAP_SERVERS`` is set), two fresh databases on
 the Postgres of ``DATABASE_URL`` (else 127.0.0.1:5432: the registry's and a scratch one) and
@@ -9,13 +10,15 @@ the registry service as a process, like the other benches (whose helpers it reus
 
 1. **COPY alone** (the yardstick): ``copy_records_to_table`` of N pre-built rows from this
    process into a table shaped like the registry's staging table (UNLOGGED, no index), and
-   into a logged table shaped like ``records`` with its three indexes (what the seal
-   writes, at best).
+   into a logged table shaped like ``records`` with its three indexes (what registering a
+   new record writes, at best).
 2. **Chunked upload**, N new records: ``POST …/uploads``, ``PUT …/chunks/{n}`` of C records
-   each (P in flight), ``POST …/seal``. Upload, seal and end to end timed apart.
+   each (P in flight, 4 by default: each chunk registers its records when it arrives, so
+   with more chunks in flight than CPUs the service parses one while Postgres registers
+   others), ``POST …/seal``. Upload, seal and end to end timed apart.
 3. **One-shot stream**, N other new records: ``POST …/stream`` (header + records).
 4. **Re-registration**: the records of 2 again, as a new version (every record exists:
-   the seal checks and shares them instead of inserting).
+   the chunks check and share them instead of inserting).
 5. **10M+ memberships** are then built *directly in the registry's database* with SQL
    (``generate_series``: generated records and versions, untimed), and analyzed.
 6. **Subject query**: ``GET /api/v1/dataset-versions?subject_id=S`` for 1,000 random
@@ -23,10 +26,11 @@ the registry service as a process, like the other benches (whose helpers it reus
    plan (EXPLAIN ANALYZE) of one of them.
 
 Records/s = records ÷ wall seconds of the phase, as the client saw it. The NDJSON bodies
-are generated before the clock starts, and each run starts after a CHECKPOINT, so that no
-run pays for the WAL of the one before (the COPY yardstick writes ~0.5 GB). CPU per phase
-comes from ``/proc`` (service process, its Postgres backends), and the service's peak RSS is
-``VmHWM`` from ``/proc/<pid>/status``.
+are generated before the clock starts, and each run starts once the registry has evaluated
+the versions sealed before (its evaluation worker runs in the service process) and after a
+CHECKPOINT, so that no run pays for the evaluation or the WAL of the one before (the COPY
+yardstick writes ~0.5 GB). CPU per phase comes from ``/proc`` (service process, its Postgres
+backends), and the service's peak RSS is ``VmHWM`` from ``/proc/<pid>/status``.
 Not a test: nothing here asserts.
 """
 
@@ -275,6 +279,23 @@ async def measured(
     return Phase(name, records, wall, CpuMeter.usage(before, after)), result
 
 
+SETTLE_TIMEOUT_S = 900
+
+
+async def settle(postgres: asyncpg.Pool) -> None:
+    """Wait until the registry has evaluated every sealed version: its evaluation worker
+    runs in the service process after each seal (``evaluation_jobs``), and a run must not
+    pay for the evaluation of the one before."""
+    if not await postgres.fetchval("SELECT to_regclass('evaluation_jobs') IS NOT NULL"):
+        return
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while await postgres.fetchval("SELECT count(*) FROM evaluation_jobs"):
+        if time.monotonic() > deadline:
+            print("evaluation jobs still pending: measuring anyway", file=sys.stderr)
+            return
+        await asyncio.sleep(0.2)
+
+
 async def chunked_upload(
     client: httpx.AsyncClient,
     meter: CpuMeter,
@@ -284,6 +305,7 @@ async def chunked_upload(
     records: int,
     parallel: int,
 ) -> list[Phase]:
+    await settle(meter.postgres)
     await meter.postgres.execute("CHECKPOINT")  # no run pays for the WAL of the one before
     started = time.perf_counter()  # end to end: open, chunks, seal
     opened = await client.post(f"{API}/uploads", json=header(name, version))
@@ -342,6 +364,7 @@ async def one_shot_stream(
         result: Row = response.json()
         return result
 
+    await settle(meter.postgres)
     await meter.postgres.execute("CHECKPOINT")
     phase, sealed = await measured(meter, "stream (upload + seal)", records, post)
     if sealed["record_count"] != records:
@@ -535,26 +558,10 @@ async def measure(bench: Bench, args: argparse.Namespace, log: Callable[[str], N
                 )
                 _log_phases(log, runs["chunked upload, records already registered"])
             peak_after_registration = peak_rss_mb(pid)
-
-            log(f"building {args.memberships:,} memberships with SQL (untimed) …")
-            volume = await build_memberships(bench.url("registry"), args.memberships, log)
-            log(
-                f"  {volume['memberships']:,} memberships, {volume['records']:,} records,"
-                f" {volume['dataset_versions']} sealed versions ({volume['build_s']:.0f} s)"
-            )
-            rng = random.Random(7)
-            picks = [
-                subject_of(f"up{bench.tag}", rng.randrange(n), subjects)
-                if rng.random() < 0.5
-                else f"gen-s{rng.randrange(volume['generated_records'] // 4):07d}"
-                for _ in range(args.queries)
-            ]
-            log(f"subject query, {len(picks):,} subjects …")
-            queries = await subject_queries(client, bench.url("registry"), picks)
-            log(
-                f"  HTTP p50 {queries['http_ms']['p50']:.2f} ms,"
-                f" p99 {queries['http_ms']['p99']:.2f} ms;"
-                f" SQL p50 {queries['sql_ms']['p50']:.3f} ms"
+            volume, queries = (
+                await volume_and_queries(client, bench, args, n, subjects, log)
+                if args.memberships
+                else (None, None)
             )
     finally:
         await admin.close()
@@ -586,6 +593,37 @@ async def measure(bench: Bench, args: argparse.Namespace, log: Callable[[str], N
         "volume": volume,
         "queries": queries,
     }
+
+
+async def volume_and_queries(
+    client: httpx.AsyncClient,
+    bench: Bench,
+    args: argparse.Namespace,
+    n: int,
+    subjects: int,
+    log: Callable[[str], None],
+) -> tuple[Row, Row]:
+    log(f"building {args.memberships:,} memberships with SQL (untimed) …")
+    volume = await build_memberships(bench.url("registry"), args.memberships, log)
+    log(
+        f"  {volume['memberships']:,} memberships, {volume['records']:,} records,"
+        f" {volume['dataset_versions']} sealed versions ({volume['build_s']:.0f} s)"
+    )
+    rng = random.Random(7)
+    picks = [
+        subject_of(f"up{bench.tag}", rng.randrange(n), subjects)
+        if rng.random() < 0.5
+        else f"gen-s{rng.randrange(volume['generated_records'] // 4):07d}"
+        for _ in range(args.queries)
+    ]
+    log(f"subject query, {len(picks):,} subjects …")
+    queries = await subject_queries(client, bench.url("registry"), picks)
+    log(
+        f"  HTTP p50 {queries['http_ms']['p50']:.2f} ms,"
+        f" p99 {queries['http_ms']['p99']:.2f} ms;"
+        f" SQL p50 {queries['sql_ms']['p50']:.3f} ms"
+    )
+    return volume, queries
 
 
 def _log_phases(log: Callable[[str], None], phases: Sequence[Phase]) -> None:
@@ -633,6 +671,10 @@ def report(result: Row, meta: Row) -> str:
         f"registry service RSS: {_f(rss['idle'])} MiB idle; peak (VmHWM)"
         f" {_f(rss['peak_after_registration'])} MiB after the registrations,"
         f" {_f(rss['peak_at_end'])} MiB at the end",
+    ]
+    if volume is None or q is None:
+        return "\n".join(lines)
+    lines += [
         "",
         f"subject query with {volume['memberships']:,} memberships, {volume['records']:,} records,"
         f" {volume['dataset_versions']} sealed versions (memberships built with SQL"
@@ -656,9 +698,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Snapshot registration at scale.")
     parser.add_argument("--records", "-n", type=int, default=1_000_000, help="per snapshot")
     parser.add_argument("--chunk", "-c", type=int, default=100_000, help="records per chunk")
-    parser.add_argument("--parallel", "-p", type=int, default=2, help="chunks in flight")
+    parser.add_argument("--parallel", "-p", type=int, default=4, help="chunks in flight")
     parser.add_argument(
-        "--memberships", type=int, default=10_000_000, help="memberships present for the query"
+        "--memberships",
+        type=int,
+        default=10_000_000,
+        help="memberships present for the query (0: no subject query)",
     )
     parser.add_argument("--queries", type=int, default=1000, help="subject queries")
     parser.add_argument("--skip-reregister", action="store_true")

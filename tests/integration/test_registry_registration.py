@@ -18,7 +18,9 @@ import asyncpg
 import httpx
 import pytest
 
-from services.registry.adapters.snapshots import VERSIONS_OF_SUBJECT_SQL
+from services.registry.adapters.snapshots import VERSIONS_OF_SUBJECT_SQL, SnapshotRepository
+from services.registry.domain.snapshots import RecordRegistration, record_row
+from services.runtime.db import Connection
 from services.runtime.testing import ServiceProcess, StartService, migrate_service
 
 pytestmark = pytest.mark.integration
@@ -92,12 +94,42 @@ class Registry:
         )
         return {(r["source_system"], r["record_id"]) for r in rows}
 
+    async def registered_chunks(self, upload_id: str) -> dict[int, bool]:
+        """Whether each chunk's records were registered when it arrived."""
+        rows = await self.db.fetch(
+            "SELECT chunk, registered FROM dataset_upload_chunks WHERE upload_id = $1",
+            uuid.UUID(upload_id),
+        )
+        return {r["chunk"]: r["registered"] for r in rows}
+
+    async def registered(self, tag: str) -> set[str]:
+        """The record ids of ``tag`` in ``records``, members of a version or not."""
+        rows = await self.db.fetch(
+            "SELECT record_id FROM records WHERE record_id LIKE $1", f"{tag}-%"
+        )
+        return {r["record_id"] for r in rows}
+
     async def staging_tables(self) -> int:
         return int(
             await self.db.fetchval(
                 "SELECT count(*) FROM pg_tables WHERE schemaname = 'registry_staging'"
             )
         )
+
+
+async def insert_record(conn: Connection, body: dict[str, Any]) -> None:
+    """Register a record straight in the database, as a concurrent transaction would."""
+    await conn.execute(
+        "INSERT INTO records (source_system, record_id, subject_id, category, jurisdiction,"
+        " collected_at, content_digest) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        body["source_system"],
+        body["record_id"],
+        body["subject_id"],
+        body["category"],
+        body["jurisdiction"],
+        datetime.fromisoformat(body["collected_at"]),
+        body["content_digest"],
+    )
 
 
 async def wait_for_api(service: ServiceProcess, within: float = 30) -> None:
@@ -258,6 +290,9 @@ async def test_a_conflicting_or_duplicate_record_seals_nothing(registry: Registr
         await registry.put_chunk(upload_id, 0, ndjson(record(tag, i) for i in range(10, 20)))
     ).status_code == 201
     assert (await registry.put_chunk(upload_id, 1, ndjson(changed))).status_code == 201
+    # Chunk 0 (known records) registered as it arrived; chunk 1 conflicts, so it is left to
+    # the seal, which refuses it.
+    assert await registry.registered_chunks(upload_id) == {0: True, 1: False}
     refused = await client.post(f"{API}/uploads/{upload_id}/seal")
     assert refused.status_code == 409
     assert refused.json()["records"] == [
@@ -283,6 +318,7 @@ async def test_a_conflicting_or_duplicate_record_seals_nothing(registry: Registr
     assert (
         await registry.put_chunk(upload_id, 1, ndjson([record(tag, 100), record(tag, 15)]))
     ).status_code == 200
+    assert await registry.registered_chunks(upload_id) == {0: True, 1: True}
     duplicate = await client.post(f"{API}/uploads/{upload_id}/seal")
     assert duplicate.status_code == 422
     assert duplicate.json()["records"] == [
@@ -302,27 +338,20 @@ async def test_a_conflicting_or_duplicate_record_seals_nothing(registry: Registr
     }
     assert len((await client.get(API, params={"subject_id": f"subj-{tag}-3"})).json()) == 2
 
-    # A concurrent registration of a record being sealed: the seal waits for it, then
-    # shares the record (same facts) instead of failing on its key.
+    # A concurrent registration of a record a chunk registers: the chunk waits for it,
+    # then shares the record (same facts) instead of failing on its key.
     racing = (await client.post(f"{API}/uploads", json=header(tag, "v4"))).json()["upload_id"]
     contested = record(tag, 700)
-    await registry.put_chunk(racing, 0, ndjson([record(tag, 701), contested]))
     async with registry.db.acquire() as other, other.transaction():
-        await other.execute(
-            "INSERT INTO records (source_system, record_id, subject_id, category, jurisdiction,"
-            " collected_at, content_digest) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            contested["source_system"],
-            contested["record_id"],
-            contested["subject_id"],
-            contested["category"],
-            contested["jurisdiction"],
-            datetime.fromisoformat(COLLECTED),
-            contested["content_digest"],
+        await insert_record(other, contested)
+        put = asyncio.create_task(
+            registry.put_chunk(racing, 0, ndjson([record(tag, 701), contested]))
         )
-        seal = asyncio.create_task(client.post(f"{API}/uploads/{racing}/seal"))
         await asyncio.sleep(0.5)
-        assert not seal.done()
-    raced = await seal
+        assert not put.done()
+    assert (await put).status_code == 201
+    assert await registry.registered_chunks(racing) == {0: True}
+    raced = await client.post(f"{API}/uploads/{racing}/seal")
     assert raced.status_code == 200 and raced.json()["record_count"] == 2
     assert await registry.members(tag, "v4") == {
         ("inbox", f"{tag}-000701"),
@@ -336,6 +365,161 @@ async def test_a_conflicting_or_duplicate_record_seals_nothing(registry: Registr
     assert (await client.get(f"{API}/uploads/{abandoned}")).status_code == 404
     assert (await client.post(f"{API}/uploads", json=header(tag, "v3"))).status_code == 201
     assert (await client.delete(f"{API}/uploads/{upload_id}")).status_code == 409
+
+
+async def test_records_are_registered_as_chunks_arrive(registry: Registry) -> None:
+    """Each chunk registers its records in its own transaction; only the seal makes them
+    members of the version. Registered records outlive a replaced chunk or an abandoned
+    upload, members of nothing."""
+    tag = uuid.uuid4().hex[:8]
+    client = registry.client
+    shared = await client.post(
+        f"{API}/stream", content=ndjson([header(tag, "v1"), *(record(tag, i) for i in range(10))])
+    )
+    assert shared.status_code == 201, shared.text
+
+    upload_id = (await client.post(f"{API}/uploads", json=header(tag, "v2"))).json()["upload_id"]
+    assert (
+        await registry.put_chunk(upload_id, 0, ndjson(record(tag, i) for i in range(100, 200)))
+    ).status_code == 201
+    # Known records (0 … 4, from v1) beside new ones: checked, then shared.
+    mixed = [*(record(tag, i) for i in range(5)), *(record(tag, i) for i in range(200, 250))]
+    assert (await registry.put_chunk(upload_id, 1, ndjson(mixed))).status_code == 201
+    # One known record (7, from v1) among 1,000 new ones, where the sample taken to choose
+    # how to register the chunk does not look: the plain INSERT meets it, and the chunk
+    # is registered the general way.
+    mostly_new = [record(tag, i) for i in range(1000, 2000)]
+    mostly_new[6] = record(tag, 7)
+    assert (await registry.put_chunk(upload_id, 2, ndjson(mostly_new))).status_code == 201
+    assert await registry.registered_chunks(upload_id) == {0: True, 1: True, 2: True}
+    assert await registry.registered(tag) == {
+        f"{tag}-{i:06d}" for i in [*range(10), *range(100, 250), *range(1000, 2000)] if i != 1006
+    }
+    # Registered, yet members of nothing and invisible until the seal.
+    assert await registry.members(tag, "v2") == set()
+    [only_v1] = (await client.get(API, params={"subject_id": f"subj-{tag}-1"})).json()
+    assert only_v1["dataset"] == version_query(tag, "v1")
+    assert only_v1["subject_records"] == 1
+
+    # A replaced chunk: its records stay registered, but are not members of the seal.
+    replaced = await registry.put_chunk(
+        upload_id, 1, ndjson(record(tag, i) for i in range(300, 310))
+    )
+    assert replaced.status_code == 200 and replaced.json()["replaced"] is True
+    assert await registry.registered_chunks(upload_id) == {0: True, 1: True, 2: True}
+    sealed = await client.post(f"{API}/uploads/{upload_id}/seal")
+    assert sealed.status_code == 200, sealed.text
+    assert sealed.json()["record_count"] == 1110
+    assert await registry.members(tag, "v2") == {
+        ("inbox", f"{tag}-{i:06d}")
+        for i in [*range(100, 200), *range(300, 310), 7, *range(1000, 2000)]
+        if i != 1006
+    }
+    assert f"{tag}-000200" in await registry.registered(tag)
+    assert await registry.staging_tables() == 0
+
+    # An abandoned upload leaves its records registered and no membership at all.
+    abandoned = (await client.post(f"{API}/uploads", json=header(tag, "v3"))).json()["upload_id"]
+    assert (
+        await registry.put_chunk(abandoned, 0, ndjson(record(tag, i) for i in range(400, 420)))
+    ).status_code == 201
+    version_id = await registry.db.fetchval(
+        "SELECT dataset_version_id FROM dataset_uploads WHERE upload_id = $1",
+        uuid.UUID(abandoned),
+    )
+    assert (await client.delete(f"{API}/uploads/{abandoned}")).status_code == 204
+    assert {f"{tag}-{i:06d}" for i in range(400, 420)} <= await registry.registered(tag)
+    assert not await registry.db.fetchval(
+        "SELECT count(*) FROM memberships WHERE dataset_version_id = $1", version_id
+    )
+    assert not await registry.db.fetchval(
+        "SELECT count(*) FROM memberships m JOIN records r USING (record_pk)"
+        " WHERE r.record_id BETWEEN $1 AND $2",
+        f"{tag}-000400",
+        f"{tag}-000419",
+    )
+    assert await registry.staging_tables() == 0
+
+
+async def test_a_chunk_the_seal_must_register(registry: Registry) -> None:
+    """Chunks that could not register their records as they arrived (a record staged twice
+    with other facts, or a chunk staged by a path that does not register) are registered
+    by the seal, under the same rules; and a record staged twice is refused either way."""
+    tag = uuid.uuid4().hex[:8]
+    client = registry.client
+
+    # The same record twice in one chunk, with other facts: left to the seal, which names
+    # both occurrences (a duplicate, not a conflict with itself).
+    upload_id = (await client.post(f"{API}/uploads", json=header(tag))).json()["upload_id"]
+    twice = [record(tag, 1), record(tag, 2), record(tag, 1, category="user.behavior")]
+    assert (await registry.put_chunk(upload_id, 0, ndjson(twice))).status_code == 201
+    assert await registry.registered_chunks(upload_id) == {0: False}
+    assert await registry.registered(tag) == set()
+    refused = await client.post(f"{API}/uploads/{upload_id}/seal")
+    assert refused.status_code == 422
+    assert refused.json()["records"][0]["occurrences"] == [
+        {"chunk": 0, "line": 1},
+        {"chunk": 0, "line": 3},
+    ]
+    # The same record twice with the same facts: registered once, refused at the seal.
+    same = [record(tag, 1), record(tag, 2), record(tag, 1)]
+    assert (await registry.put_chunk(upload_id, 0, ndjson(same))).status_code == 200
+    assert await registry.registered_chunks(upload_id) == {0: True}
+    refused = await client.post(f"{API}/uploads/{upload_id}/seal")
+    assert refused.status_code == 422
+    assert refused.json()["records"][0]["record_id"] == f"{tag}-000001"
+
+    # A chunk staged without registering it, as before revision registry_0004; a record of
+    # it is being registered by another transaction when the seal comes: the seal waits,
+    # then shares the record.
+    contested = record(tag, 700)
+    async with registry.db.acquire() as conn, conn.transaction():
+        repo = SnapshotRepository(conn)
+        upload = await repo.upload(uuid.UUID(upload_id))
+        assert upload is not None
+        await repo.claim_chunk(uuid.UUID(upload_id), 0, datetime.now(UTC))
+        await repo.delete_staged_chunk(upload["staging_table"], 0)
+        rows = [
+            record_row(RecordRegistration.model_validate(body), 0, n)
+            for n, body in enumerate([record(tag, 701), contested], start=1)
+        ]
+        await repo.copy_rows(upload["staging_table"], rows)
+        await repo.set_chunk_records(uuid.UUID(upload_id), 0, 2)
+    assert await registry.registered_chunks(upload_id) == {0: False}
+    async with registry.db.acquire() as other, other.transaction():
+        await insert_record(other, contested)
+        seal = asyncio.create_task(client.post(f"{API}/uploads/{upload_id}/seal"))
+        await asyncio.sleep(0.5)
+        assert not seal.done()
+    raced = await seal
+    assert raced.status_code == 200 and raced.json()["record_count"] == 2
+    assert await registry.members(tag) == {("inbox", f"{tag}-000701"), ("inbox", f"{tag}-000700")}
+
+
+async def test_lost_staged_rows_refuse_the_seal(registry: Registry) -> None:
+    """A Postgres crash empties the unlogged staging tables, the keys of registered chunks
+    with them: the seal names the chunks to send again, and seals once they are."""
+    tag = uuid.uuid4().hex[:8]
+    client = registry.client
+    upload_id = (await client.post(f"{API}/uploads", json=header(tag))).json()["upload_id"]
+    chunks = [ndjson(record(tag, i) for i in range(n * 10, n * 10 + 10)) for n in range(3)]
+    for n, body in enumerate(chunks):
+        assert (await registry.put_chunk(upload_id, n, body)).status_code == 201
+    staging = f"registry_staging.upload_{uuid.UUID(upload_id).hex}"
+    await registry.db.execute(f"TRUNCATE {staging}, {staging}_pks")  # what a crash does
+    await registry.put_chunk(upload_id, 1, chunks[1])  # chunk 1 sent again
+    lost = await client.post(f"{API}/uploads/{upload_id}/seal")
+    assert lost.status_code == 409
+    assert lost.json()["chunks"] == [
+        {"chunk": 0, "records": 10, "staged": 0},
+        {"chunk": 2, "records": 10, "staged": 0},
+    ]
+    assert await registry.members(tag) == set()
+    for n in (0, 2):
+        assert (await registry.put_chunk(upload_id, n, chunks[n])).status_code == 200
+    sealed = await client.post(f"{API}/uploads/{upload_id}/seal")
+    assert sealed.status_code == 200 and sealed.json()["record_count"] == 30
+    assert len(await registry.members(tag)) == 30
 
 
 async def test_the_one_shot_stream(registry: Registry) -> None:
@@ -434,7 +618,13 @@ async def test_a_crash_before_commit_leaves_nothing_sealed(registry: Registry) -
     )
     assert sealed_at is None
     assert await registry.members(tag) == set()
-    assert not await db.fetchval("SELECT count(*) FROM records WHERE record_id LIKE $1", f"{tag}-%")
+    # The chunks registered their records when they arrived; none is a member of anything.
+    assert len(await registry.registered(tag)) == 1000
+    assert not await db.fetchval(
+        "SELECT count(*) FROM memberships m JOIN records r USING (record_pk)"
+        " WHERE r.record_id LIKE $1",
+        f"{tag}-%",
+    )
 
     # Restarted, the service seals the same upload: the staged chunks survived.
     await asyncio.to_thread(service.start)

@@ -1,9 +1,12 @@
 """Snapshot storage: dataset versions, records, memberships, uploads and their staging.
 
 SQL only. Staged rows go to one UNLOGGED table per upload (``registry_staging.upload_<hex>``)
-through binary COPY; the seal moves them into ``records`` and ``memberships`` inside the
-caller's transaction and drops the table. Every method runs on the caller's connection, so
-a use case decides what is one transaction.
+through binary COPY. Each chunk then registers its records (``register_chunk``: the new ones
+inserted, the known ones checked) and keeps their keys in the upload's key table
+(``upload_<hex>_pks``, UNLOGGED too); the seal turns those keys into memberships, registers
+whatever a chunk could not (``seal_rows``), and drops both tables, inside the caller's
+transaction. Every method runs on the caller's connection, so a use case decides what is
+one transaction.
 """
 
 from __future__ import annotations
@@ -35,6 +38,16 @@ PROBE_RATIO = 2
 rows; below, a hash join (one scan of ``records``) is cheaper."""
 SEAL_WORK_MEM = "256MB"
 """For the staged rows the seal materializes once (about 150 MB per million)."""
+SAMPLE = 64
+"""Records of a chunk looked up before registering it, to choose how (``register_chunk``)."""
+_ROW_SORT_BYTES = 256
+"""Memory a staged row takes in a sort (measured: 100,000 rows sort in 20 MB)."""
+_FIELDS = (
+    "source_system, record_id, subject_id, category, jurisdiction, collected_at, content_digest"
+)
+_FACTS_DIFFER = """(r.subject_id, r.category, r.jurisdiction, r.collected_at, r.content_digest)
+    <> (s.subject_id, s.category, s.jurisdiction, s.collected_at, s.content_digest)"""
+"""A staged record ``s`` and the registered ``r`` of the same key disagree on a fact."""
 
 _VERSION_COLUMNS = """dv.dataset_version_id, dv.namespace, dv.name, dv.version, dv.purpose,
     dv.created_at, dv.training_started_at, dv.sealed_at, dv.used_at, dv.record_count"""
@@ -61,6 +74,10 @@ the ``memberships`` primary key ``(record_pk, dataset_version_id)`` for their ve
 """
 
 
+class _Unregistered(Exception):
+    """Undoes a chunk's registration (its savepoint): the seal registers the chunk instead."""
+
+
 def staging_table_for(upload_id: UUID) -> str:
     return f"upload_{upload_id.hex}"
 
@@ -72,6 +89,17 @@ def _staging(table: str) -> str:
     return f"{STAGING_SCHEMA}.{table}"
 
 
+def _pks(table: str) -> str:
+    """The qualified name of an upload's key table: ``(chunk, record_pk)`` of the records
+    its registered chunks hold."""
+    return f"{_staging(table)}_pks"
+
+
+def _sort_mem(rows: int) -> str:
+    """``work_mem`` for sorting ``rows`` staged rows in memory (16 MB … 256 MB)."""
+    return f"{min(256, max(16, rows * _ROW_SORT_BYTES >> 20))}MB"
+
+
 def _count(status: str) -> int:
     """Rows affected, from a command status such as ``INSERT 0 1000`` or ``COPY 1000``."""
     return int(status.rsplit(" ", 1)[1])
@@ -80,6 +108,10 @@ def _count(status: str) -> int:
 class SnapshotRepository:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+
+    @property
+    def connection(self) -> Connection:
+        return self._conn
 
     # --- dataset versions and uploads -------------------------------------------------
 
@@ -156,13 +188,15 @@ class SnapshotRepository:
         """Lock chunk ``chunk`` of the upload for this transaction; True when it replaces one.
 
         Concurrent sends of the same chunk number queue here, so the later one replaces the
-        earlier one instead of both landing in the staging table.
+        earlier one instead of both landing in the staging table. The chunk is unregistered
+        until ``set_chunk_records`` says otherwise.
         """
         replaced = await self._conn.fetchval(
             """
             INSERT INTO dataset_upload_chunks (upload_id, chunk, records, received_at)
             VALUES ($1, $2, 0, $3)
-            ON CONFLICT (upload_id, chunk) DO UPDATE SET received_at = EXCLUDED.received_at
+            ON CONFLICT (upload_id, chunk)
+                DO UPDATE SET received_at = EXCLUDED.received_at, registered = false
             RETURNING xmax <> 0
             """,
             upload_id,
@@ -171,13 +205,28 @@ class SnapshotRepository:
         )
         return bool(replaced)
 
-    async def set_chunk_records(self, upload_id: UUID, chunk: int, records: int) -> None:
+    async def set_chunk_records(
+        self, upload_id: UUID, chunk: int, records: int, *, registered: bool = False
+    ) -> None:
+        """How many records chunk ``chunk`` holds, and whether ``register_chunk`` registered
+        them (else the seal does)."""
         await self._conn.execute(
-            "UPDATE dataset_upload_chunks SET records = $3 WHERE upload_id = $1 AND chunk = $2",
+            "UPDATE dataset_upload_chunks SET records = $3, registered = $4"
+            " WHERE upload_id = $1 AND chunk = $2",
             upload_id,
             chunk,
             records,
+            registered,
         )
+
+    async def unregistered_chunks(self, upload_id: UUID) -> list[int]:
+        """The chunks whose records the seal must register itself."""
+        rows = await self._conn.fetch(
+            "SELECT chunk FROM dataset_upload_chunks"
+            " WHERE upload_id = $1 AND NOT registered ORDER BY chunk",
+            upload_id,
+        )
+        return [r["chunk"] for r in rows]
 
     async def expected_records(self, upload_id: UUID) -> int:
         value = await self._conn.fetchval(
@@ -188,8 +237,9 @@ class SnapshotRepository:
 
     # --- staging ----------------------------------------------------------------------
 
-    async def create_staging(self, table: str) -> None:
-        """An UNLOGGED table, never vacuumed by autovacuum (the seal analyzes it, then drops it)."""
+    async def create_staging(self, table: str, *, chunked: bool = True) -> None:
+        """The staging table and its key table, UNLOGGED, never vacuumed by autovacuum (the
+        seal drops them). ``chunked``: indexed by chunk, for an upload's many chunks."""
         await self._conn.execute(
             f"""
             CREATE UNLOGGED TABLE {_staging(table)} (
@@ -202,15 +252,24 @@ class SnapshotRepository:
                 jurisdiction   text        NOT NULL,
                 collected_at   timestamptz NOT NULL,
                 content_digest text        NOT NULL
-            ) WITH (autovacuum_enabled = off, toast.autovacuum_enabled = off)
+            ) WITH (autovacuum_enabled = off, toast.autovacuum_enabled = off);
+            CREATE UNLOGGED TABLE {_pks(table)} (
+                chunk     integer NOT NULL,
+                record_pk bigint  NOT NULL
+            ) WITH (autovacuum_enabled = off)
             """
         )
+        if chunked:
+            await self._conn.execute(f"CREATE INDEX {table}_chunk ON {_staging(table)} (chunk)")
 
     async def drop_staging(self, table: str) -> None:
-        await self._conn.execute(f"DROP TABLE IF EXISTS {_staging(table)}")
+        await self._conn.execute(
+            f"DROP TABLE IF EXISTS {_staging(table)}; DROP TABLE IF EXISTS {_pks(table)}"
+        )
 
     async def delete_staged_chunk(self, table: str, chunk: int) -> None:
         await self._conn.execute(f"DELETE FROM {_staging(table)} WHERE chunk = $1", chunk)
+        await self._conn.execute(f"DELETE FROM {_pks(table)} WHERE chunk = $1", chunk)
 
     async def copy_rows(
         self, table: str, rows: AsyncIterable[RecordRow] | Sequence[RecordRow]
@@ -231,10 +290,154 @@ class SnapshotRepository:
         )
         return {r["chunk"]: r["n"] for r in rows}
 
+    # --- registering a chunk ----------------------------------------------------------
+
+    async def register_chunk(self, table: str, chunk: int, staged: int) -> bool:
+        """Register the ``staged`` records of chunk ``chunk`` and keep their keys for the
+        seal; False (and nothing done) when the seal must register them instead.
+
+        Records are facts, immutable and independent of any version, so registering them
+        before the seal is harmless: none becomes a member of anything until the seal.
+        New records are inserted in key order, and their keys come from ``RETURNING``: a
+        chunk of new records costs no lookup. Known records are looked up by index, their
+        keys taken and their facts compared. A sample of the chunk (``SAMPLE`` records)
+        says which way to start:
+
+        - none known: one plain INSERT, in a savepoint. It is a third cheaper than one with
+          ``ON CONFLICT`` (measured: 0.93 s vs 1.3 s per 100,000 records), and the common
+          case of new data. A key that turns out to be registered (or being registered by
+          another transaction: the INSERT waits for it) undoes it, and the chunk goes the
+          general way;
+        - all known: look every record up; insert whatever was not found;
+        - otherwise (the general way): insert with ``ON CONFLICT DO NOTHING``, then look up
+          what was not inserted.
+
+        In key order, two transactions meet on their common records in the same order, so
+        they never deadlock; one waits for the other, then shares its records.
+
+        False when a record conflicts with the one registered (or with itself, staged
+        twice with other facts): the seal then refuses it, naming the records, as it always
+        has; nothing of the chunk is registered.
+        """
+        await self._conn.execute(f"SET LOCAL work_mem = '{_sort_mem(staged)}'")
+        sample = await self._conn.fetchrow(
+            f"""
+            SELECT count(*) AS sampled, count(r.record_pk) AS known
+            FROM (SELECT source_system, record_id FROM {_staging(table)}
+                  WHERE chunk = $1 AND line % $2 = 0 LIMIT $3) s
+            LEFT JOIN LATERAL (
+                SELECT record_pk FROM records r
+                WHERE r.source_system = s.source_system AND r.record_id = s.record_id
+                LIMIT 1
+            ) r ON true
+            """,
+            chunk,
+            max(1, staged // SAMPLE),
+            SAMPLE,
+        )
+        assert sample is not None
+        kept = False
+        try:
+            async with self._conn.transaction():
+                if sample["known"] == 0:
+                    try:
+                        async with self._conn.transaction():
+                            await self._insert_new(table, chunk, kept=False, plain=True)
+                            return True
+                    except asyncpg.UniqueViolationError:
+                        pass
+                elif sample["known"] == sample["sampled"]:
+                    found, conflicting = await self._look_up_chunk(table, chunk, kept=False)
+                    if conflicting:
+                        raise _Unregistered
+                    if found == staged:
+                        return True
+                    kept = True
+                if await self._insert_new(table, chunk, kept=kept) == staged:
+                    return True
+                found, conflicting = await self._look_up_chunk(table, chunk, kept=True)
+                if conflicting or found != staged:
+                    raise _Unregistered
+                return True
+        except _Unregistered:
+            return False
+
+    async def _insert_new(self, table: str, chunk: int, *, kept: bool, plain: bool = False) -> int:
+        """Insert the chunk's records in key order (``plain``: all of them, else those not
+        registered yet) and keep their keys, instead of those ``kept`` before; how many
+        were inserted."""
+        if kept:
+            await self._conn.execute(f"DELETE FROM {_pks(table)} WHERE chunk = $1", chunk)
+        on_conflict = "" if plain else "ON CONFLICT (source_system, record_id) DO NOTHING"
+        status = await self._conn.execute(
+            f"""
+            WITH new AS (
+                INSERT INTO records ({_FIELDS})
+                SELECT {_FIELDS} FROM {_staging(table)} WHERE chunk = $1
+                ORDER BY source_system, record_id
+                {on_conflict}
+                RETURNING record_pk
+            )
+            INSERT INTO {_pks(table)} (chunk, record_pk) SELECT $1, record_pk FROM new
+            """,
+            chunk,
+        )
+        return _count(status)
+
+    async def _look_up_chunk(self, table: str, chunk: int, *, kept: bool) -> tuple[int, int]:
+        """Look up each of the chunk's records by index, one probe per staged row, and keep
+        the keys of those found (instead of those ``kept`` before); ``(found, conflicting)``."""
+        if kept:
+            await self._conn.execute(f"DELETE FROM {_pks(table)} WHERE chunk = $1", chunk)
+        row = await self._conn.fetchrow(
+            f"""
+            WITH staged AS MATERIALIZED (
+                SELECT r.record_pk, {_FACTS_DIFFER} AS conflicting
+                FROM {_staging(table)} s
+                CROSS JOIN LATERAL (
+                    SELECT * FROM records r
+                    WHERE r.source_system = s.source_system AND r.record_id = s.record_id
+                    LIMIT 1
+                ) r
+                WHERE s.chunk = $1
+            ), kept AS (
+                INSERT INTO {_pks(table)} (chunk, record_pk) SELECT $1, record_pk FROM staged
+                RETURNING 1
+            )
+            SELECT (SELECT count(*) FROM kept) AS found,
+                   (SELECT count(*) FROM staged WHERE conflicting) AS conflicting
+            """,
+            chunk,
+        )
+        assert row is not None
+        return int(row["found"]), int(row["conflicting"])
+
     # --- the seal ---------------------------------------------------------------------
 
+    async def insert_registered_memberships(
+        self, dataset_version_id: int, table: str
+    ) -> int | None:
+        """Every record of the registered chunks becomes a member of the version, in
+        ``record_pk`` order: records registered together append to the ``memberships``
+        primary key instead of splitting its pages (measured: 1.65 s per million, sort
+        included, vs 1.75 s unsorted, and a sixth less WAL). None (undone, in a savepoint)
+        when a record is staged twice."""
+        await self._conn.execute(f"SET LOCAL work_mem = '{SEAL_WORK_MEM}'")
+        try:
+            async with self._conn.transaction():
+                status = await self._conn.execute(
+                    f"""
+                    INSERT INTO memberships (dataset_version_id, record_pk)
+                    SELECT $1::bigint, record_pk FROM {_pks(table)} ORDER BY record_pk
+                    """,
+                    dataset_version_id,
+                )
+        except asyncpg.UniqueViolationError:
+            return None
+        return _count(status)
+
     async def prepare_seal(self, table: str, staged: int) -> None:
-        """Choose how the seal meets ``records``.
+        """Choose how the seal meets ``records`` for the chunks it registers itself.
 
         Beside a ``records`` table much larger than the upload, the seal probes it by index
         for each staged row, so that its cost follows the upload, not the registry: the
@@ -254,32 +457,32 @@ class SnapshotRepository:
         else:
             await self._conn.execute(f"ANALYZE {_staging(table)}")
 
-    async def seal_rows(self, dataset_version_id: int, table: str) -> tuple[int, int] | None:
-        """Staged rows → ``records`` (the new ones) and memberships, in one statement.
+    async def seal_rows(
+        self, dataset_version_id: int, table: str, chunks: Sequence[int]
+    ) -> tuple[int, int] | None:
+        """The staged rows of ``chunks`` → ``records`` (the new ones) and memberships, in
+        one statement.
 
         One index probe per staged row finds it registered or not; new records are
-        inserted and their keys come back from RETURNING; registered ones are compared
-        (records are immutable). Returns ``(members, conflicting)``; the caller must not
-        commit when ``conflicting`` > 0. None (undone, in a savepoint) when a key collides:
-        a record staged twice, or one a concurrent seal registered meanwhile.
+        inserted (in key order, as ``register_chunk`` does) and their keys come back from
+        RETURNING; registered ones are compared (records are immutable). Returns
+        ``(members, conflicting)``; the caller must not commit when ``conflicting`` > 0.
+        None (undone, in a savepoint) when a key collides: a record staged twice, or one a
+        concurrent transaction registered meanwhile.
         """
         sql = f"""
             WITH staged AS MATERIALIZED (
                 SELECT s.source_system, s.record_id, s.subject_id, s.category, s.jurisdiction,
                        s.collected_at, s.content_digest, r.record_pk,
-                       (r.subject_id, r.category, r.jurisdiction, r.collected_at,
-                        r.content_digest)
-                       <> (s.subject_id, s.category, s.jurisdiction, s.collected_at,
-                           s.content_digest) AS conflicting
+                       {_FACTS_DIFFER} AS conflicting
                 FROM {_staging(table)} s
                 LEFT JOIN records r ON r.source_system = s.source_system
                                    AND r.record_id = s.record_id
+                WHERE s.chunk = ANY($2::integer[])
             ), new AS (
-                INSERT INTO records (source_system, record_id, subject_id, category,
-                                     jurisdiction, collected_at, content_digest)
-                SELECT source_system, record_id, subject_id, category, jurisdiction,
-                       collected_at, content_digest
-                FROM staged WHERE record_pk IS NULL
+                INSERT INTO records ({_FIELDS})
+                SELECT {_FIELDS} FROM staged WHERE record_pk IS NULL
+                ORDER BY source_system, record_id
                 RETURNING record_pk
             ), added AS (
                 INSERT INTO memberships (dataset_version_id, record_pk)
@@ -291,42 +494,39 @@ class SnapshotRepository:
             SELECT (SELECT count(*) FROM added) AS members,
                    (SELECT count(*) FROM staged WHERE conflicting) AS conflicting
             """
-        return await self._members_and_conflicts(sql, dataset_version_id)
+        return await self._members_and_conflicts(sql, dataset_version_id, chunks)
 
-    async def insert_new_records(self, table: str) -> int:
-        """The slow path of ``seal_rows``, first step: register the staged records not yet
-        registered, skipping those a concurrent seal registered meanwhile (it waits for
-        that seal to commit or roll back)."""
+    async def insert_new_records(self, table: str, chunks: Sequence[int]) -> int:
+        """The slow path of ``seal_rows``, first step: register the staged records of
+        ``chunks`` not yet registered, skipping those a concurrent transaction registered
+        meanwhile (it waits for that one to commit or roll back)."""
         sql = f"""
-            INSERT INTO records (source_system, record_id, subject_id, category, jurisdiction,
-                                 collected_at, content_digest)
-            SELECT s.source_system, s.record_id, s.subject_id, s.category, s.jurisdiction,
-                   s.collected_at, s.content_digest
-            FROM {_staging(table)} s
-            WHERE NOT EXISTS (SELECT FROM records r
+            INSERT INTO records ({_FIELDS})
+            SELECT {_FIELDS} FROM {_staging(table)} s
+            WHERE s.chunk = ANY($1::integer[])
+              AND NOT EXISTS (SELECT FROM records r
                               WHERE r.source_system = s.source_system
                                 AND r.record_id = s.record_id)
+            ORDER BY source_system, record_id
             ON CONFLICT (source_system, record_id) DO NOTHING
             """
-        return _count(await self._conn.execute(sql))
+        return _count(await self._conn.execute(sql, chunks))
 
     async def insert_memberships(
-        self, dataset_version_id: int, table: str
+        self, dataset_version_id: int, table: str, chunks: Sequence[int]
     ) -> tuple[int, int] | None:
-        """The slow path of ``seal_rows``, second step: every staged record (registered by
-        now) becomes a member of the version. Returns ``(members, conflicting)`` as
-        ``seal_rows`` does; None (undone, in a savepoint) when a record is staged twice.
+        """The slow path of ``seal_rows``, second step: every staged record of ``chunks``
+        (registered by now) becomes a member of the version. Returns ``(members,
+        conflicting)`` as ``seal_rows`` does; None (undone, in a savepoint) when a record is
+        staged twice.
         """
         sql = f"""
             WITH staged AS MATERIALIZED (
-                SELECT r.record_pk,
-                       (r.subject_id, r.category, r.jurisdiction, r.collected_at,
-                        r.content_digest)
-                       <> (s.subject_id, s.category, s.jurisdiction, s.collected_at,
-                           s.content_digest) AS conflicting
+                SELECT r.record_pk, {_FACTS_DIFFER} AS conflicting
                 FROM {_staging(table)} s
                 JOIN records r ON r.source_system = s.source_system
                               AND r.record_id = s.record_id
+                WHERE s.chunk = ANY($2::integer[])
             ), added AS (
                 INSERT INTO memberships (dataset_version_id, record_pk)
                 SELECT $1, record_pk FROM staged
@@ -335,15 +535,15 @@ class SnapshotRepository:
             SELECT (SELECT count(*) FROM added) AS members,
                    (SELECT count(*) FROM staged WHERE conflicting) AS conflicting
             """
-        return await self._members_and_conflicts(sql, dataset_version_id)
+        return await self._members_and_conflicts(sql, dataset_version_id, chunks)
 
     async def _members_and_conflicts(
-        self, sql: str, dataset_version_id: int
+        self, sql: str, dataset_version_id: int, chunks: Sequence[int]
     ) -> tuple[int, int] | None:
         """Run a membership insert in a savepoint; None when a record is staged twice."""
         try:
             async with self._conn.transaction():
-                row = await self._conn.fetchrow(sql, dataset_version_id)
+                row = await self._conn.fetchrow(sql, dataset_version_id, chunks)
         except asyncpg.UniqueViolationError:
             return None
         assert row is not None

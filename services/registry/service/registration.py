@@ -1,10 +1,16 @@
 """Registering dataset versions: one JSON document, a chunked upload, or one NDJSON stream.
 
-Every form ends in ``_seal``, inside the caller's unit of work (one transaction): staged
-records become ``records`` (immutable: a record registered again with other facts is a
-conflict) and memberships, the version gets its seal time and time of use, the staged
-rows are dropped. Until that transaction commits, nothing of the version is visible as
-sealed; if it never commits (an error, a crash, a lost connection), nothing is.
+Staged records become ``records`` (immutable: a record registered again with other facts
+is a conflict) as soon as they are staged, before the seal: each chunk of an upload in its
+own transaction, so that chunks sent in parallel register in parallel (the one-shot stream
+and the JSON form in their one transaction). A record is a fact independent of any version,
+so registering it early is harmless, also when the upload is abandoned: it is a member of
+nothing. Every form ends in ``_seal``, inside the caller's unit of work (one transaction):
+the staged records become members of the version (those of a chunk that could not register
+them are registered there, and a conflict refuses the seal), the version gets its seal time
+and time of use, the staged rows are dropped. Until that transaction commits, nothing of the
+version is visible as sealed and no record is a member of it; if it never commits (an
+error, a crash, a lost connection), nothing is.
 
 Bodies arrive as async iterables of byte blocks, parsed as they come: a chunk of 100,000
 lines is never held in memory whole, only the block being parsed and COPY's buffer.
@@ -32,6 +38,7 @@ from services.registry.domain.snapshots import (
     parse_record_lines,
     record_row,
 )
+from services.registry.service.findings import enqueue_evaluation
 from services.runtime.unit_of_work import UnitOfWork
 
 __all__ = [
@@ -155,10 +162,19 @@ async def register_dataset_version(
     header = registration.header()
     version_id = await _create_version(repo, header)
     table = staging_table_for(uuid.uuid4())
-    await repo.create_staging(table)
+    await repo.create_staging(table, chunked=False)
     rows = [record_row(r, 0, i) for i, r in enumerate(registration.records, start=1)]
     await repo.copy_rows(table, rows)
-    return await _seal(repo, version_id, header, table, expected=len(rows), now=now)
+    registered = await repo.register_chunk(table, 0, len(rows))
+    return await _seal(
+        repo,
+        version_id,
+        header,
+        table,
+        expected=len(rows),
+        now=now,
+        unregistered=() if registered else (0,),
+    )
 
 
 # --- chunked uploads -------------------------------------------------------------------
@@ -183,10 +199,13 @@ async def put_chunk(
     *,
     now: datetime,
 ) -> ChunkReceipt:
-    """Stage chunk ``chunk`` (NDJSON records), replacing an earlier chunk of that number.
+    """Stage chunk ``chunk`` (NDJSON records), replacing an earlier chunk of that number,
+    and register its records (``SnapshotRepository.register_chunk``).
 
     All or nothing: a bad line (``LineError``) or a too-long chunk undoes the whole chunk,
-    and an earlier chunk of the same number stays as it was.
+    and an earlier chunk of the same number stays as it was. A record that conflicts with
+    the one registered does not refuse the chunk: it stays staged unregistered, and the
+    seal refuses it naming the records, as for any form of registration.
     """
     repo = SnapshotRepository(uow.connection)
     upload = await _open_upload(repo, upload_id, lock="share")
@@ -205,7 +224,8 @@ async def put_chunk(
     source.raise_error()
     if records == 0:
         raise EmptyRegistration(f"chunk {chunk} holds no records")
-    await repo.set_chunk_records(upload_id, chunk, records)
+    registered = await repo.register_chunk(table, chunk, records)
+    await repo.set_chunk_records(upload_id, chunk, records, registered=registered)
     return ChunkReceipt(upload_id, chunk, records, replaced)
 
 
@@ -222,13 +242,15 @@ async def seal_upload(uow: UnitOfWork, upload_id: UUID, *, now: datetime) -> Sea
         expected=expected,
         now=now,
         upload_id=upload_id,
+        unregistered=await repo.unregistered_chunks(upload_id),
     )
     await repo.mark_upload_sealed(upload_id, now)
     return sealed
 
 
 async def abandon_upload(uow: UnitOfWork, upload_id: UUID) -> None:
-    """Drop an unsealed upload: its staged rows, its chunks, its reserved version."""
+    """Drop an unsealed upload: its staged rows, its chunks, its reserved version. The
+    records its chunks registered stay registered (members of nothing)."""
     repo = SnapshotRepository(uow.connection)
     upload = await _open_upload(repo, upload_id, lock="update")
     await repo.drop_staging(upload["staging_table"])
@@ -278,7 +300,7 @@ async def register_stream(
     header = parse_header_line(lines[0], first)
     version_id = await _create_version(repo, header)
     table = staging_table_for(uuid.uuid4())
-    await repo.create_staging(table)
+    await repo.create_staging(table, chunked=False)
     source = _RowSource(
         blocks,
         framer,
@@ -289,7 +311,16 @@ async def register_stream(
     )
     records = await repo.copy_rows(table, source.rows())
     source.raise_error()
-    return await _seal(repo, version_id, header, table, expected=records, now=now)
+    registered = records > 0 and await repo.register_chunk(table, 0, records)
+    return await _seal(
+        repo,
+        version_id,
+        header,
+        table,
+        expected=records,
+        now=now,
+        unregistered=() if registered else (0,),
+    )
 
 
 # --- shared ----------------------------------------------------------------------------
@@ -391,22 +422,33 @@ async def _seal(
     expected: int,
     now: datetime,
     upload_id: UUID | None = None,
+    unregistered: Sequence[int] = (),
 ) -> SealedVersion:
-    """Staged rows → records and memberships, then the seal; in the caller's transaction."""
+    """Staged rows → memberships (and records, for the ``unregistered`` chunks), then the
+    seal; in the caller's transaction."""
     if expected == 0:
         raise EmptyRegistration(f"{header.dataset.key} has no records to seal")
-    await repo.prepare_seal(table, expected)
-    outcome = await repo.seal_rows(version_id, table)
-    if outcome is None:
+    members = await repo.insert_registered_memberships(version_id, table)
+    if members is None:
         await _refuse_duplicates(repo, table)
-        # Not staged twice: a concurrent seal registered some of these records first.
-        await repo.insert_new_records(table)
-        outcome = await repo.insert_memberships(version_id, table)
+        raise RuntimeError("memberships collided, yet no record is staged twice")
+    conflicting = 0
+    if unregistered:
+        await repo.prepare_seal(table, expected)
+        outcome = await repo.seal_rows(version_id, table, unregistered)
         if outcome is None:
             await _refuse_duplicates(repo, table)
-            raise RuntimeError("memberships collided, yet no record is staged twice")
-    members, conflicting = outcome
+            # Not staged twice: a concurrent transaction registered some records first.
+            await repo.insert_new_records(table, unregistered)
+            outcome = await repo.insert_memberships(version_id, table, unregistered)
+            if outcome is None:
+                await _refuse_duplicates(repo, table)
+                raise RuntimeError("memberships collided, yet no record is staged twice")
+        members += outcome[0]
+        conflicting = outcome[1]
     if conflicting:
+        # A record staged twice with other facts conflicts with itself: say what it is.
+        await _refuse_duplicates(repo, table)
         sample = await repo.conflicting_records(table, ERROR_SAMPLE)
         raise RecordConflict(
             f"{conflicting} record(s) are already registered with other facts; records are"
@@ -428,6 +470,7 @@ async def _seal(
     used_at = header.time_of_use(now)
     await repo.mark_sealed(version_id, now, used_at, members)
     await repo.drop_staging(table)
+    await enqueue_evaluation(repo.connection, [version_id], "sealed")
     return SealedVersion(
         dataset=header.dataset,
         purpose=header.purpose,
@@ -466,3 +509,39 @@ def _where(row: dict[str, Any]) -> dict[str, Any]:
         "chunk": row["chunk"],
         "line": row["line"],
     }
+
+
+# --- registration by Kafka (registry.registrations.v1) ----------------------------------
+
+
+async def open_upload_with_id(
+    uow: UnitOfWork, header: DatasetVersionHeader, upload_id: UUID, *, now: datetime
+) -> UUID:
+    """``open_upload`` under a given id: a Kafka registration's, derived from its dataset
+    key, so that the messages after ``opened`` (and a re-sent ``opened``) find it."""
+    repo = SnapshotRepository(uow.connection)
+    version_id = await _create_version(repo, header)
+    table = staging_table_for(upload_id)
+    await repo.create_staging(table)
+    await repo.open_upload(upload_id, version_id, table, now)
+    return upload_id
+
+
+async def put_records(
+    uow: UnitOfWork, upload_id: UUID, chunk: int, rows: Sequence[RecordRow], *, now: datetime
+) -> ChunkReceipt:
+    """``put_chunk`` for records validated already (a Kafka batch, ``rows`` numbered with
+    ``chunk``): staged as chunk ``chunk``, replacing an earlier chunk of that number."""
+    if not rows:
+        raise EmptyRegistration(f"chunk {chunk} holds no records")
+    if len(rows) > MAX_CHUNK_RECORDS:
+        raise ChunkTooLarge(f"a chunk holds at most {MAX_CHUNK_RECORDS:,} records")
+    repo = SnapshotRepository(uow.connection)
+    upload = await _open_upload(repo, upload_id, lock="share")
+    table = upload["staging_table"]
+    replaced = await repo.claim_chunk(upload_id, chunk, now)
+    if replaced:
+        await repo.delete_staged_chunk(table, chunk)
+    records = await repo.copy_rows(table, rows)
+    await repo.set_chunk_records(upload_id, chunk, records)
+    return ChunkReceipt(upload_id, chunk, records, replaced)

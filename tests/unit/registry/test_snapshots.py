@@ -5,6 +5,7 @@ accepts)."""
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,6 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from services.registry.adapters import snapshots
+from services.registry.adapters.snapshots import staging_table_for
 from services.registry.domain.ndjson import LineTooLong, NdjsonFramer
 from services.registry.domain.snapshots import (
     DatasetVersionHeader,
@@ -247,3 +250,23 @@ def test_a_long_line_is_refused_with_its_number_before_it_ends() -> None:
         NdjsonFramer(max_line_bytes=10).feed(b"ok\n" + b"y" * 11 + b"\nok\n")
     assert caught.value.line == 2
     assert "line 2 is longer than 10 bytes" in str(caught.value)
+
+
+# --- staging names and sizes (the adapter's pure parts) --------------------------------
+
+
+def test_staging_and_key_tables_are_named_from_the_upload_only() -> None:
+    upload_id = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    table = staging_table_for(upload_id)
+    assert snapshots._staging(table) == f"registry_staging.upload_{upload_id.hex}"
+    assert snapshots._pks(table) == f"registry_staging.upload_{upload_id.hex}_pks"
+    for bad in ("upload_x; DROP TABLE records", "records", f"upload_{upload_id.hex}_pks"):
+        with pytest.raises(ValueError):
+            snapshots._pks(bad)
+
+
+def test_a_chunk_sorts_in_memory_within_bounds() -> None:
+    assert snapshots._sort_mem(10) == "16MB"
+    assert snapshots._sort_mem(100_000) == "24MB"  # 100,000 staged rows sort in 20 MB
+    assert snapshots._sort_mem(1_000_000) == "244MB"
+    assert snapshots._sort_mem(50_000_000) == snapshots.SEAL_WORK_MEM == "256MB"
