@@ -9,6 +9,7 @@ from faststream import FastStream
 from contracts.topics import DELETION_TASKS, FINDINGS, MODEL_FLAGS, OPENLINEAGE, TASK_RESULTS
 from services.lineage.access import ACCESS
 from services.lineage.entrypoints.events_http import router as events_router
+from services.lineage.entrypoints.graph_http import router as graph_router
 from services.lineage.entrypoints.http import router
 from services.lineage.entrypoints.kafka import decode_openlineage
 from services.lineage.entrypoints.models_http import router as models_router
@@ -37,7 +38,7 @@ SPEC = ServiceSpec(
         ),
         Subscription(FINDINGS, on_finding, description="Dataset findings → model flags."),
     ),
-    routers=(router, events_router, models_router),
+    routers=(router, events_router, models_router, graph_router),
     access=ACCESS,
     publishes=(MODEL_FLAGS, TASK_RESULTS),
 )

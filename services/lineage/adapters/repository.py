@@ -14,6 +14,7 @@ from pydantic import PrivateAttr
 from contracts.base import ModelRef
 from contracts.events import DatasetFinding, ModelFlag
 from contracts.openlineage import RunEvent
+from services.lineage.adapters.graph import INFINITY, GraphRepository
 from services.lineage.domain.propagation import LineageEdge, Node
 from services.runtime.db import Connection
 
@@ -162,26 +163,25 @@ class LineageRepository:
         return [bytes(r["text"]) for r in rows]
 
     async def findings_upstream_of_run(self, run_id: UUID) -> list[DatasetFinding]:
-        """Active findings on the run's inputs or anywhere upstream of them."""
+        """Active findings on the run's inputs or anywhere upstream of them (within
+        ``MAX_DEPTH`` runs): a breadth-first walk over ``lineage_edges``, each version once
+        (see ``adapters.graph``)."""
+        graph = GraphRepository(self._conn)
+        await graph.tune_reads()
+        inputs = [n for _, side, n in await graph.run_io([run_id], INFINITY) if side == "input"]
+        if not inputs:
+            return []
+        edges = await graph.walk(inputs, "upstream", MAX_DEPTH, INFINITY)
+        versions = sorted({*inputs, *edges.srcs})
         rows = await self._conn.fetch(
-            f"""
-            WITH RECURSIVE up(namespace, name, version, depth) AS (
-                SELECT namespace, name, version, 0 FROM run_io
-                WHERE run_id = $1 AND direction = 'input'
-                UNION
-                SELECT i.namespace, i.name, i.version, up.depth + 1
-                FROM up
-                JOIN run_io o ON o.direction = 'output' AND o.namespace = up.namespace
-                             AND o.name = up.name AND o.version = up.version
-                JOIN run_io i ON i.run_id = o.run_id AND i.direction = 'input'
-                WHERE up.depth < {MAX_DEPTH}
-            )
-            SELECT f.body::text AS body FROM findings f
-            WHERE f.status = 'active' AND (f.namespace, f.name, f.version) IN (
-                SELECT namespace, name, version FROM up)
+            """
+            SELECT f.body::text AS body
+            FROM findings f JOIN lineage_nodes n
+              ON n.namespace = f.namespace AND n.name = f.name AND n.version = f.version
+            WHERE f.status = 'active' AND n.node_id = ANY($1::int[])
             ORDER BY f.finding_id
             """,
-            run_id,
+            versions,
         )
         return [DatasetFinding.model_validate_json(r["body"]) for r in rows]
 
@@ -211,40 +211,27 @@ class LineageRepository:
         return {f.flag_id: f for f in flags}
 
     async def downstream_edges(self, namespace: str, name: str, version: str) -> list[LineageEdge]:
-        """Every run edge reachable downstream of one dataset version."""
-        rows = await self._conn.fetch(
-            """
-            WITH RECURSIVE edges AS (
-                SELECT i.namespace AS s_ns, i.name AS s_name, i.version AS s_ver,
-                       i.is_model AS s_model, i.run_id, o.namespace AS t_ns, o.name AS t_name,
-                       o.version AS t_ver, o.is_model AS t_model, 1 AS depth
-                FROM run_io i JOIN run_io o ON o.run_id = i.run_id AND o.direction = 'output'
-                WHERE i.direction = 'input' AND i.namespace = $1 AND i.name = $2
-                  AND i.version = $3
-                UNION
-                SELECT i.namespace, i.name, i.version, i.is_model, i.run_id, o.namespace,
-                       o.name, o.version, o.is_model, e.depth + 1
-                FROM edges e
-                JOIN run_io i ON i.direction = 'input' AND i.namespace = e.t_ns
-                             AND i.name = e.t_name AND i.version = e.t_ver
-                JOIN run_io o ON o.run_id = i.run_id AND o.direction = 'output'
-                WHERE e.depth < $4
-            )
-            SELECT DISTINCT s_ns, s_name, s_ver, s_model, run_id, t_ns, t_name, t_ver, t_model
-            FROM edges
-            """,
-            namespace,
-            name,
-            version,
-            MAX_DEPTH,
-        )
+        """Every run edge reachable downstream of one dataset version (within ``MAX_DEPTH``
+        runs): a breadth-first walk over ``lineage_edges``, each version expanded once
+        (see ``adapters.graph``); ``is_model`` on each end as its ``run_io`` row says."""
+        graph = GraphRepository(self._conn)
+        await graph.tune_reads()
+        start = await graph.node_id(namespace, name, version)
+        if start is None:
+            return []
+        edges = await graph.walk([start], "downstream", MAX_DEPTH, INFINITY)
+        names = await graph.names(sorted({*edges.srcs, *edges.dsts}))
+        nodes: dict[tuple[int, bool], Node] = {}
+
+        def node(node_id: int, is_model: bool) -> Node:
+            found = nodes.get((node_id, is_model))
+            if found is None:
+                found = nodes[(node_id, is_model)] = Node(*names[node_id], is_model)
+            return found
+
         return [
-            LineageEdge(
-                Node(r["s_ns"], r["s_name"], r["s_ver"], r["s_model"]),
-                r["run_id"],
-                Node(r["t_ns"], r["t_name"], r["t_ver"], r["t_model"]),
-            )
-            for r in rows
+            LineageEdge(node(src, src_model), run_id, node(dst, dst_model))
+            for src, run_id, dst, src_model, dst_model in edges
         ]
 
     async def save_flags(self, flags: Sequence[ModelFlag], trace_id: str | None) -> None:
