@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -201,17 +202,19 @@ def test_follow_ends_with_the_case_and_the_filter_streams(
         )
     )
     eligible = tmp_path / "eligible.ndjson"
+    # A purpose of this test's own: the registry reads every policy on the shared broker,
+    # and none of them speaks to it, so nothing is eligible (no policy judges the use).
+    purpose = f"test.ctl{uuid.uuid4().hex[:8]}"
     counts = cli.json(
         Role.ML_READER,
         "registry",
         "filter",
         str(records),
         "--purpose",
-        "ai.training",
+        purpose,
         "-o",
         str(eligible),
     )
-    # No policy is published in this registry: nothing is eligible (no rule, no use).
     assert counts == {"records": 500, "eligible": 0, "excluded": 500, "output": str(eligible)}
     assert eligible.read_bytes() == b""
     summary = cli.json(
@@ -220,7 +223,7 @@ def test_follow_ends_with_the_case_and_the_filter_streams(
         "filter",
         str(records),
         "--purpose",
-        "ai.training",
+        purpose,
         "--summary",
     )
     assert summary["excluded_by_reason"] == {"no_policy": 500}
