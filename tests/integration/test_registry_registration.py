@@ -20,6 +20,7 @@ import pytest
 
 from services.registry.adapters.snapshots import VERSIONS_OF_SUBJECT_SQL, SnapshotRepository
 from services.registry.domain.snapshots import RecordRegistration, record_row
+from services.registry.service.registration import PARSING_TURN_WAIT_S
 from services.runtime.db import Connection
 from services.runtime.testing import ServiceProcess, StartService, migrate_service
 
@@ -74,7 +75,9 @@ class Registry:
         self.client = client
         self.db = db
 
-    async def put_chunk(self, upload_id: str, n: int, body: bytes) -> httpx.Response:
+    async def put_chunk(
+        self, upload_id: str, n: int, body: bytes | AsyncIterator[bytes]
+    ) -> httpx.Response:
         return await self.client.put(
             f"{API}/uploads/{upload_id}/chunks/{n}",
             content=body,
@@ -494,6 +497,34 @@ async def test_a_chunk_the_seal_must_register(registry: Registry) -> None:
     raced = await seal
     assert raced.status_code == 200 and raced.json()["record_count"] == 2
     assert await registry.members(tag) == {("inbox", f"{tag}-000701"), ("inbox", f"{tag}-000700")}
+
+
+async def test_a_stalled_chunk_does_not_hold_up_the_others(registry: Registry) -> None:
+    """Chunks of one upload are parsed in turn (so that one is parsed while the one before
+    is registered); a chunk whose sender stalls holds the next one up for at most
+    ``PARSING_TURN_WAIT_S``."""
+    tag = uuid.uuid4().hex[:8]
+    client = registry.client
+    upload_id = (await client.post(f"{API}/uploads", json=header(tag))).json()["upload_id"]
+
+    async def stalled() -> AsyncIterator[bytes]:
+        yield ndjson(record(tag, i) for i in range(10))
+        await asyncio.sleep(60)
+
+    first = asyncio.create_task(registry.put_chunk(upload_id, 0, stalled()))
+    await asyncio.sleep(0.5)  # chunk 0 has its turn, and waits for the rest of its body
+    started = time.monotonic()
+    second = await registry.put_chunk(upload_id, 1, ndjson(record(tag, i) for i in range(10, 20)))
+    waited = time.monotonic() - started
+    assert second.status_code == 201, second.text
+    assert PARSING_TURN_WAIT_S <= waited < PARSING_TURN_WAIT_S + 10
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    # The service notices the sender is gone, and nothing of chunk 0 is kept.
+    sealed = await client.post(f"{API}/uploads/{upload_id}/seal")
+    assert sealed.status_code == 200, sealed.text
+    assert sealed.json()["record_count"] == 10
+    assert await registry.members(tag) == {("inbox", f"{tag}-{i:06d}") for i in range(10, 20)}
 
 
 async def test_lost_staged_rows_refuse_the_seal(registry: Registry) -> None:
