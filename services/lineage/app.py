@@ -14,6 +14,7 @@ from services.lineage.entrypoints.http import router
 from services.lineage.entrypoints.kafka import decode_openlineage
 from services.lineage.entrypoints.models_http import router as models_router
 from services.lineage.service.executor import on_deletion_task
+from services.lineage.service.graph_cache import PRUNE_WORKER
 from services.lineage.service.handlers import on_finding, on_openlineage_event
 from services.runtime.consumer import Subscription
 from services.runtime.host import ServiceSpec, create_broker
@@ -39,6 +40,7 @@ SPEC = ServiceSpec(
         Subscription(FINDINGS, on_finding, description="Dataset findings → model flags."),
     ),
     routers=(router, events_router, models_router, graph_router),
+    workers=(PRUNE_WORKER,),
     access=ACCESS,
     publishes=(MODEL_FLAGS, TASK_RESULTS),
 )

@@ -58,6 +58,14 @@ class ServiceSettings(BaseSettings):
     """Base URL of the registry's HTTP API (e.g. ``http://127.0.0.1:8002``), for the
     lineage service's reads: model inputs' composition and what-if. Unset: those answer 503."""
 
+    graph_cache: bool = True
+    """Lineage service: answer lineage graph queries (without ``asOf``) from an in-memory
+    copy of the graph kept current from the database's change log; off: every answer walks
+    the graph in SQL."""
+    graph_cache_max_versions: int = Field(default=2_000_000, ge=0)
+    """Lineage service: past this many dataset/model versions the copy is not loaded
+    (about 0.5 KiB of memory per version and run) and answers stay on SQL."""
+
     lineage_url: str | None = None
     """Base URL of the lineage service's HTTP API (e.g. ``http://127.0.0.1:8003``), for the
     deletion service's reads: scoping (models downstream) and verification (model status).

@@ -41,10 +41,16 @@ __all__ = [
     "dumps",
     "graph_document",
     "graph_json",
+    "graph_json_of",
+    "job_data_json",
     "job_key",
+    "node_head",
+    "node_json",
     "parse_node_id",
+    "run_data_json",
     "run_key",
     "to_dot",
+    "version_data_json",
     "version_key",
 ]
 
@@ -265,19 +271,90 @@ def _marks_json(marks: Sequence[FindingInfo]) -> str:
     )
 
 
-def _version_node(info: VersionInfo, key: str) -> GraphNode:
+def version_data_json(info: VersionInfo) -> str:
+    """A version node's ``data`` as compact JSON text."""
     kind = NodeType.MODEL if info.is_model else NodeType.DATASET
     ns, name, version = _q(info.namespace), _q(info.name), _q(info.version)
-    data = (
+    return (
         f'{{"id":{{"namespace":{ns},"name":{name},"version":{version}}},'
         f'"type":"{kind}","namespace":{ns},"name":{name},"version":{version},'
         f'"flagged":{"true" if info.flags else "false"},"flags":{_marks_json(info.flags)},'
         f'"findings":{_marks_json(info.findings)},"status":{_qn(info.status)}}}'
     )
+
+
+def run_data_json(info: RunInfo) -> str:
+    """A run node's ``data`` as compact JSON text."""
+    return (
+        f'{{"id":"{info.run_id}","job":{{"namespace":{_q(info.job_namespace)},'
+        f'"name":{_q(info.job_name)}}},"jobId":{_q(job_key(info.job_namespace, info.job_name))},'
+        f'"startedAt":{_qn(info.started_at)},"endedAt":{_qn(info.ended_at)},'
+        f'"state":{_qn(info.state)}}}'
+    )
+
+
+def job_data_json(info: JobInfo) -> str:
+    """A job node's ``data`` as compact JSON text (its runs' ids, sorted)."""
+    data = {
+        "id": {"namespace": info.namespace, "name": info.name},
+        "namespace": info.namespace,
+        "name": info.name,
+        "runs": sorted(str(r) for r in info.run_ids),
+    }
+    return _compact(data)
+
+
+def node_head(key: str, kind: NodeType, data_json: str) -> str:
+    """A node's JSON up to its in-edges: ``{"id":…,"type":…,"data":…,"inEdges":[``."""
+    return '{"id":' + _q(key) + ',"type":"' + kind + '","data":' + data_json + ',"inEdges":['
+
+
+def node_json(key: str, head: str, in_edges: Sequence[str], out_edges: Sequence[str]) -> str:
+    """One node of the answer, its edges given as the other ends' ids (sorted, distinct).
+
+    Each edge object is written whole at both of its ends, as Marquez does; they are joined
+    around the node's own quoted id rather than built one by one (tens of thousands)."""
+    me = _q(key)
+    ins = (
+        '{"origin":'
+        + (',"destination":' + me + '},{"origin":').join(map(_q, in_edges))
+        + ',"destination":' + me + "}"
+        if in_edges
+        else ""
+    )  # fmt: skip
+    outs = (
+        '{"origin":' + me + ',"destination":'
+        + ('},{"origin":' + me + ',"destination":').join(map(_q, out_edges))
+        + "}"
+        if out_edges
+        else ""
+    )  # fmt: skip
+    return head + ins + '],"outEdges":[' + outs + "]}"
+
+
+def graph_json_of(
+    nodes: Mapping[str, str],
+    edges_in: Mapping[str, Sequence[str]],
+    edges_out: Mapping[str, Sequence[str]],
+) -> bytes:
+    """The answer from node heads (``node_head``) and each node's sorted edge ends."""
+    empty: Sequence[str] = ()
+    return (
+        '{"graph":['
+        + ",".join(
+            node_json(key, nodes[key], edges_in.get(key, empty), edges_out.get(key, empty))
+            for key in sorted(nodes)
+        )
+        + "]}"
+    ).encode()
+
+
+def _version_node(info: VersionInfo, key: str) -> GraphNode:
+    kind = NodeType.MODEL if info.is_model else NodeType.DATASET
     return GraphNode(
         key,
         kind,
-        data,
+        version_data_json(info),
         flagged=bool(info.flags),
         severity=info.severity,
         label=f"{info.name}\n#{_short(info.version)}",
@@ -285,25 +362,13 @@ def _version_node(info: VersionInfo, key: str) -> GraphNode:
 
 
 def _run_node(info: RunInfo, key: str) -> GraphNode:
-    data = (
-        f'{{"id":"{key[4:]}","job":{{"namespace":{_q(info.job_namespace)},'
-        f'"name":{_q(info.job_name)}}},"jobId":{_q(job_key(info.job_namespace, info.job_name))},'
-        f'"startedAt":{_qn(info.started_at)},"endedAt":{_qn(info.ended_at)},'
-        f'"state":{_qn(info.state)}}}'
-    )
     label = f"{info.job_name}\nrun {key[4:12]}"
-    return GraphNode(key, NodeType.RUN, data, label=label)
+    return GraphNode(key, NodeType.RUN, run_data_json(info), label=label)
 
 
 def _job_node(info: JobInfo) -> GraphNode:
-    data = {
-        "id": {"namespace": info.namespace, "name": info.name},
-        "namespace": info.namespace,
-        "name": info.name,
-        "runs": sorted(str(r) for r in info.run_ids),
-    }
     return GraphNode(
-        job_key(info.namespace, info.name), NodeType.JOB, _compact(data), label=info.name
+        job_key(info.namespace, info.name), NodeType.JOB, job_data_json(info), label=info.name
     )
 
 
@@ -372,22 +437,12 @@ def graph_json(graph: Graph) -> bytes:
     """``graph_document`` as compact JSON, written straight from the nodes' JSON text: the
     answer can hold tens of thousands of edge objects, and building them as dicts for
     ``json.dumps`` costs several times more."""
-    quoted = {key: _q(key) for key in graph.nodes}
-    parts = []
-    for key in sorted(graph.nodes):
-        node = graph.nodes[key]
-        me = quoted[key]
-        ins = ",".join(
-            ['{"origin":' + quoted[o] + ',"destination":' + me + "}" for o in node.in_edges]
-        )
-        outs = ",".join(
-            ['{"origin":' + me + ',"destination":' + quoted[d] + "}" for d in node.out_edges]
-        )
-        parts.append(
-            '{"id":' + me + ',"type":"' + node.type + '","data":' + node.data_json
-            + ',"inEdges":[' + ins + '],"outEdges":[' + outs + "]}"
-        )  # fmt: skip
-    return ('{"graph":[' + ",".join(parts) + "]}").encode()
+    nodes = graph.nodes
+    return graph_json_of(
+        {key: node_head(key, node.type, node.data_json) for key, node in nodes.items()},
+        {key: node.in_edges for key, node in nodes.items()},
+        {key: node.out_edges for key, node in nodes.items()},
+    )
 
 
 def graph_document(graph: Graph) -> dict[str, Any]:

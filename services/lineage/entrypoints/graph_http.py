@@ -15,6 +15,7 @@ from services.lineage.domain.graph import (
     Graph,
     InvalidNodeId,
     graph_json,
+    parse_node_id,
     to_dot,
 )
 from services.lineage.service.graph import (
@@ -23,8 +24,10 @@ from services.lineage.service.graph import (
     RendererMissing,
     RenderFailed,
     lineage_graph,
+    not_found_message,
     render,
 )
+from services.lineage.service.graph_cache import NotCached, cache_for
 from services.runtime.host import RuntimeDep
 from services.runtime.http import QueryTime
 
@@ -127,8 +130,30 @@ async def get_lineage_graph(
     their job, times and state. Flags, findings and run states are the current ones;
     ``asOf`` limits the edges.
     """
+    if as_of is None and runtime.settings.graph_cache:
+        body = await _from_copy(runtime, node_id, depth, direction)
+        if body is not None:
+            return Response(body, media_type="application/json")
     graph = await _graph(runtime, node_id, depth, direction, as_of)
     return Response(graph_json(graph), media_type="application/json")
+
+
+async def _from_copy(
+    runtime: RuntimeDep, node_id: str, depth: int, direction: Direction
+) -> bytes | None:
+    """The answer from the in-memory copy; None when there is none yet (SQL answers)."""
+    try:
+        query = parse_node_id(node_id)
+    except InvalidNodeId as exc:
+        raise HTTPException(422, str(exc)) from None
+    cache = cache_for(runtime, runtime.pool, max_versions=runtime.settings.graph_cache_max_versions)
+    try:
+        body = await cache.answer(query, depth, direction)
+    except NotCached:
+        return None
+    if body is None:
+        raise HTTPException(404, not_found_message(query))
+    return body
 
 
 async def _picture(

@@ -19,6 +19,7 @@ from services.lineage.domain.graph import (
     Direction,
     Graph,
     JobInfo,
+    NodeQuery,
     build_graph,
     job_key,
     parse_node_id,
@@ -34,6 +35,7 @@ __all__ = [
     "RenderFailed",
     "RendererMissing",
     "lineage_graph",
+    "not_found_message",
     "render",
 ]
 
@@ -89,6 +91,14 @@ async def lineage_graph(
                 jobs.append(JobInfo(job[0], job[1], resolved.run_ids))
         _require(resolved, node_id, what, when)
         return await _walk(repo, query.kind, resolved, jobs, depth, direction, at)
+
+
+_WHAT = {"version": "dataset or model version", "run": "run", "job": "job"}
+
+
+def not_found_message(query: NodeQuery) -> str:
+    """Why a node id names nothing in the graph (HTTP 404)."""
+    return f"no {_WHAT[query.kind]} {query.text!r} in the lineage graph"
 
 
 def _require(resolved: Resolved, node_id: str, what: str, when: str) -> None:
