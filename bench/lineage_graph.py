@@ -45,6 +45,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import hashlib
 import json
 import os
 import platform
@@ -402,27 +403,77 @@ def median_buckets(runs: Sequence[dict[str, Row]]) -> dict[str, Row]:
     return out
 
 
+SOURCE = "X-Lineage-Graph-Source"
+FAR_FUTURE = "9999-12-31T00:00:00Z"
+"""``asOf`` that changes nothing in the answer but makes the service walk in SQL."""
+
+
+@dataclass
+class HttpRun:
+    samples: list[tuple[int, float]]
+    """(versions besides the start, seconds) per start."""
+    sizes: list[int]
+    digests: list[str]
+    sources: set[str]
+
+
 async def http_latency(
-    base_url: str, starts: Sequence[Start], direction: str, warmup: int
-) -> tuple[list[tuple[int, float]], list[int]]:
-    """Sequential GETs; (versions besides the start, seconds) per start, and body sizes."""
-    samples: list[tuple[int, float]] = []
-    sizes: list[int] = []
+    base_url: str, starts: Sequence[Start], direction: str, warmup: int, as_of: str | None = None
+) -> HttpRun:
+    """Sequential GETs of every start, whole bodies received."""
+    out = HttpRun([], [], [], set())
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    extra = {"asOf": as_of} if as_of else {}
     async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as client:
         for start in starts[:warmup]:
-            (await client.get(API, params={"nodeId": start.key, "direction": direction})).read()
+            params = {"nodeId": start.key, "direction": direction, **extra}
+            (await client.get(API, params=params)).read()
         for start in starts:
+            params = {"nodeId": start.key, "direction": direction, **extra}
             t = time.perf_counter()
-            response = await client.get(API, params={"nodeId": start.key, "direction": direction})
+            response = await client.get(API, params=params)
             body = response.content
             elapsed = time.perf_counter() - t
             if response.status_code != 200:
                 raise RuntimeError(f"{response.status_code}: {response.text[:300]}")
             versions = body.count(b'{"id":"dataset:') + body.count(b'{"id":"model:')
-            samples.append((versions - 1, elapsed))
-            sizes.append(len(body))
-    return samples, sizes
+            out.samples.append((versions - 1, elapsed))
+            out.sizes.append(len(body))
+            out.digests.append(hashlib.sha256(body).hexdigest())
+            out.sources.add(response.headers.get(SOURCE, "?"))
+    return out
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def warm_copy(service: ServiceProcess, start: Start, log: Callable[[str], None]) -> Row:
+    """Ask until the in-memory copy answers: how long it took to load, and the memory."""
+    assert service.proc is not None
+    before = rss_mib(service.proc.pid)
+    began = time.perf_counter()
+    async with httpx.AsyncClient(base_url=service.url, timeout=120) as client:
+        while True:
+            response = await client.get(API, params={"nodeId": start.key, "depth": 0})
+            if response.headers.get(SOURCE) == "memory":
+                break
+            if time.perf_counter() - began > 600:
+                raise RuntimeError("the lineage graph copy did not load in 10 minutes")
+            await asyncio.sleep(0.2)
+    row = {
+        "load_s": time.perf_counter() - began,
+        "rss_before_mib": before,
+        "rss_after_mib": rss_mib(service.proc.pid),
+    }
+    log(
+        f"  copy loaded in {row['load_s']:.1f} s; service RSS {before:.0f} → "
+        f"{row['rss_after_mib']:.0f} MiB"
+    )
+    return row
 
 
 async def sql_latency(
@@ -727,16 +778,32 @@ async def measure(bench: Bench, args: argparse.Namespace, log: Callable[[str], N
         f" {graph['run_io']:,} run_io rows, {graph['edges']:,} edges in {graph['total_s']:.0f} s"
     )
     starts = await pick_starts(dsn, args.queries + args.warmup, args.seed)
+    log("the service's in-memory copy of the graph …")
+    copy = await warm_copy(service, starts[0], log)
 
-    result: Row = {"graph": graph, "http": {}, "sql": {}, "memory": {}}
+    result: Row = {"graph": graph, "http": {}, "http_sql": {}, "sql": {}, "memory": {}}
+    result["copy"] = copy
     sizes: dict[int, list[int]] = {s.node_id: [0, 0] for s in starts}
     for direction in ("downstream", "upstream"):
-        runs_http, runs_sql, runs_walk = [], [], []
+        runs_http, runs_http_sql, runs_sql, runs_walk = [], [], [], []
         body_sizes: list[int] = []
         for k in range(args.runs):
             log(f"HTTP {direction}, run {k + 1}/{args.runs}: {args.queries} versions …")
-            samples, body = await http_latency(service.url, starts, direction, args.warmup)
-            body_sizes += body
+            http = await http_latency(service.url, starts, direction, args.warmup)
+            if http.sources != {"memory"}:
+                raise RuntimeError(f"answers came from {http.sources}, not the copy alone")
+            samples, body_sizes = http.samples, body_sizes + http.sizes
+            if k == 0:
+                log(f"HTTP {direction} through SQL (asOf far ahead) …")
+                via_sql = await http_latency(
+                    service.url, starts, direction, args.warmup, as_of=FAR_FUTURE
+                )
+                if via_sql.sources != {"sql"}:
+                    raise RuntimeError(f"asOf answers came from {via_sql.sources}")
+                runs_http_sql.append(per_bucket(via_sql.samples))
+                same = sum(a == b for a, b in zip(http.digests, via_sql.digests, strict=True))
+                copy[f"same_bytes_{direction}"] = f"{same}/{len(starts)}"
+                log(f"  same bytes from the copy and from SQL: {same}/{len(starts)}")
             for start, (n, _) in zip(starts, samples, strict=True):
                 sizes[start.node_id][0 if direction == "downstream" else 1] = n
             runs_http.append(per_bucket(samples))
@@ -751,6 +818,7 @@ async def measure(bench: Bench, args: argparse.Namespace, log: Callable[[str], N
                 + "; ".join(f"{b} p99 {v['p99']:.1f}" for b, v in runs_http[-1].items())
             )
         result["http"][direction] = median_buckets(runs_http)
+        result["http_sql"][direction] = median_buckets(runs_http_sql)
         result["http"][direction]["_body_kb_p50"] = quantile(body_sizes, 0.5) / 1024
         result["sql"][direction] = {
             "whole": median_buckets(runs_sql),
@@ -812,9 +880,17 @@ def report(result: Row, meta: Row) -> str:
         f" Postgres {meta['postgres_version']}; {meta['cpus']} CPUs; load {meta['load_before']}"
         f" → {meta['load_after']}",
         "",
+        f"the service's in-memory copy: loaded in {_f(result['copy']['load_s'])} s; service"
+        f" RSS {_f(result['copy']['rss_before_mib'], 0)} → {_f(result['copy']['rss_after_mib'], 0)}"
+        f" MiB; same bytes as the SQL path: downstream"
+        f" {result['copy'].get('same_bytes_downstream')}, upstream"
+        f" {result['copy'].get('same_bytes_upstream')}",
+        "",
         "GET /api/v1/lineage/graph (depth 20), sequential, whole body received; medians over"
-        f" {meta['runs']} runs of per-run quantiles (SQL+build: first run only), ms:",
+        f" {meta['runs']} runs of per-run quantiles (HTTP: from the in-memory copy; HTTP via"
+        " SQL, SQL+build: first run only), ms:",
         f"{'direction':<11} {'descendants':>12} {'n':>5} {'HTTP p50':>9} {'HTTP p99':>9}"
+        f" {'via SQL p50':>12} {'via SQL p99':>12}"
         f" {'SQL+build p50':>14} {'walk p50':>9} {'walk p99':>9} {'in-memory p50':>14}",
     ]
     for direction in ("downstream", "upstream"):
@@ -826,9 +902,11 @@ def report(result: Row, meta: Row) -> str:
             sql = result["sql"][direction]["whole"].get(b, {})
             walk = result["sql"][direction]["walk"].get(b, {})
             mem = result["memory"]["walks"][direction].get(b, {})
+            via = result["http_sql"][direction].get(b, {})
             lines.append(
                 f"{direction:<11} {b:>12} {http[b]['count']:>5.0f} {_f(http[b]['p50'], 2):>9}"
-                f" {_f(http[b]['p99'], 2):>9} {_f(sql.get('p50'), 2):>14}"
+                f" {_f(http[b]['p99'], 2):>9} {_f(via.get('p50'), 2):>12}"
+                f" {_f(via.get('p99'), 2):>12} {_f(sql.get('p50'), 2):>14}"
                 f" {_f(walk.get('p50'), 2):>9} {_f(walk.get('p99'), 2):>9}"
                 f" {_f(mem.get('p50'), 2):>14}"
             )

@@ -66,6 +66,11 @@ AsOfParam = Annotated[
     ),
 ]
 
+SOURCE = "X-Lineage-Graph-Source"
+"""Response header: ``memory`` (the in-memory copy answered) or ``sql`` (a walk in SQL:
+``asOf`` given, the copy still loading, too large, or ``GRAPH_CACHE=false``). The same
+answer either way."""
+
 _GRAPH_EXAMPLE = {
     "graph": [
         {
@@ -133,9 +138,9 @@ async def get_lineage_graph(
     if as_of is None and runtime.settings.graph_cache:
         body = await _from_copy(runtime, node_id, depth, direction)
         if body is not None:
-            return Response(body, media_type="application/json")
+            return Response(body, media_type="application/json", headers={SOURCE: "memory"})
     graph = await _graph(runtime, node_id, depth, direction, as_of)
-    return Response(graph_json(graph), media_type="application/json")
+    return Response(graph_json(graph), media_type="application/json", headers={SOURCE: "sql"})
 
 
 async def _from_copy(

@@ -13,6 +13,7 @@ keep their own copy. A copy that has not looked for longer than the change log k
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 import weakref
@@ -110,10 +111,14 @@ class GraphCache:
                 return
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 rows = await changes.read_all()
+                rows_snapshot = rows.snapshot
         index = GraphIndex()
         _apply(index, rows)
+        del rows
         self.reloads += 1
-        self._index, self._snapshot = index, rows.snapshot
+        self._index, self._snapshot = index, rows_snapshot
+        # The copy lives until the next whole read: keep the collector's full passes off it.
+        gc.freeze()
         log.info(
             "lineage graph copy loaded: %d versions, %d runs in %.2f s",
             index.versions,
