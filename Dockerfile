@@ -11,6 +11,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HTTP_HOST=0.0.0.0 \
     HTTP_PORT=8000
 
+# Graphviz `dot` draws the lineage pictures (GET /api/v1/lineage/graph.svg|png; 503 without it).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends graphviz \
+    && rm -rf /var/lib/apt/lists/*
+
 RUN groupadd --system --gid 10001 consenttrace \
     && useradd --system --uid 10001 --gid consenttrace --home-dir /app --no-create-home \
         --shell /usr/sbin/nologin consenttrace
