@@ -269,12 +269,15 @@ class GraphIndex:
             for node in frontier:
                 near = self._add_version(out, node)
                 for run in runs_of.get(node, empty):
+                    fars = far_of[run]
+                    if not fars:  # no edge: a run that read nothing (or wrote nothing)
+                        continue
                     run_key_ = self._add_run(out, run)
                     if down:
                         out.edge(near, run_key_)
                     else:
                         out.edge(run_key_, near)
-                    for far in far_of[run]:
+                    for far in fars:
                         far_key = self._add_version(out, far)
                         if down:
                             out.edge(run_key_, far_key)

@@ -1,0 +1,172 @@
+"""The in-memory graph (``domain/graph_index.py``) against a plain reference walk.
+
+Random graphs of runs reading and writing versions; for every version, run and job, every
+direction and several depths, the index's answer must be the bytes ``build_graph`` +
+``graph_json`` give for the edges a naive breadth-first walk written here finds. (The
+integration test holds the index against the SQL walk itself.)
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.lineage.domain.graph import (
+    Direction,
+    FindingInfo,
+    JobInfo,
+    RunInfo,
+    VersionInfo,
+    build_graph,
+    graph_json,
+    parse_node_id,
+)
+from services.lineage.domain.graph_index import GraphIndex
+
+RunSpec = tuple[int, tuple[int, ...], tuple[int, ...]]
+"""(job number, input versions, output versions)."""
+
+
+@st.composite
+def graphs(draw: st.DrawFn) -> tuple[list[VersionInfo], list[RunSpec]]:
+    count = draw(st.integers(1, 12))
+    versions = []
+    for node in range(1, count + 1):
+        is_model = draw(st.booleans())
+        flags = (
+            (FindingInfo(uuid.UUID(int=node), "destroy_required", "improper_use"),)
+            if is_model and draw(st.booleans())
+            else ()
+        )
+        name = draw(st.sampled_from(["t", "t:x", "t#y", 'q"z', "ü"])) + str(node)
+        versions.append(VersionInfo(node, "s3://lake", name, f"v{node % 3}", is_model, flags=flags))
+    nodes = st.integers(1, count)
+    runs = draw(
+        st.lists(
+            st.tuples(
+                st.integers(0, 2),
+                st.lists(nodes, max_size=3, unique=True).map(tuple),
+                st.lists(nodes, min_size=1, max_size=2, unique=True).map(tuple),
+            ),
+            max_size=10,
+        )
+    )
+    return versions, runs
+
+
+def run_info(i: int, job: int) -> RunInfo:
+    return RunInfo(uuid.UUID(int=10_000 + i), "jobs", f"job{job}", None, None, "COMPLETE")
+
+
+def reference_walk(
+    runs: Sequence[RunSpec], seeds: Sequence[int], depth: int, down: bool
+) -> list[tuple[int, uuid.UUID, int]]:
+    """Breadth first; a version is expanded once, at its shortest distance in runs."""
+    edges = [
+        (src, run_info(i, job).run_id, dst)
+        for i, (job, inputs, outputs) in enumerate(runs)
+        for src in inputs
+        for dst in outputs
+    ]
+    found = []
+    seen, frontier = set(seeds), set(seeds)
+    for _ in range(depth):
+        near = [e for e in edges if (e[0] if down else e[2]) in frontier]
+        found += near
+        frontier = {e[2] if down else e[0] for e in near} - seen
+        seen |= frontier
+    return found
+
+
+def expected(
+    versions: Sequence[VersionInfo],
+    runs: Sequence[RunSpec],
+    node_id: str,
+    depth: int,
+    direction: Direction,
+) -> bytes | None:
+    by_node = {v.node_id: v for v in versions}
+    infos = {run_info(i, job).run_id: run_info(i, job) for i, (job, _, _) in enumerate(runs)}
+    query = parse_node_id(node_id)
+    ways = [
+        down
+        for down in (True, False)
+        if direction == Direction.BOTH or down == (direction == Direction.DOWNSTREAM)
+    ]
+    edges: list[tuple[int, uuid.UUID, int]] = []
+    own_io: list[tuple[uuid.UUID, str, int]] = []
+    jobs: list[JobInfo] = []
+    if query.kind == "version":
+        starts = []
+        for ns, name, version in query.candidates:  # the first the graph knows
+            starts = [
+                v.node_id
+                for v in versions
+                if (v.namespace, v.name) == (ns, name) and version in (None, v.version)
+            ]
+            if starts:
+                break
+        else:
+            return None
+        for down in ways:
+            edges += reference_walk(runs, starts, depth, down)
+        run_ids: set[uuid.UUID] = set()
+    else:
+        if query.kind == "run":
+            run_ids = {query.run_id} if query.run_id in infos else set()
+        else:
+            run_ids = {r for r, info in infos.items() if f"job:jobs:{info.job_name}" == node_id}
+            if run_ids:
+                jobs.append(JobInfo("jobs", node_id.split(":")[2], tuple(sorted(run_ids, key=str))))
+        if not run_ids:
+            return None
+        starts = []
+        if depth > 0:
+            for down in ways:
+                mine = [
+                    (r, "output" if down else "input", n)
+                    for i, (job, inputs, outputs) in enumerate(runs)
+                    if (r := run_info(i, job).run_id) in run_ids
+                    for n in (outputs if down else inputs)
+                ]
+                own_io += mine
+                edges += reference_walk(runs, sorted({n for _, _, n in mine}), depth - 1, down)
+    nodes = {*starts, *(e[0] for e in edges), *(e[2] for e in edges), *(n for _, _, n in own_io)}
+    used_runs = {*run_ids, *(e[1] for e in edges)}
+    graph = build_graph(
+        [],
+        {n: by_node[n] for n in nodes},
+        {r: infos[r] for r in used_runs},
+        edges,
+        own_io,  # type: ignore[arg-type]
+        jobs,
+    )
+    return graph_json(graph)
+
+
+@settings(max_examples=100, deadline=None)
+@given(graphs(), st.sampled_from([0, 1, 2, 5]), st.sampled_from(list(Direction)))
+def test_the_index_answers_what_a_plain_walk_finds(
+    graph: tuple[list[VersionInfo], list[RunSpec]], depth: int, direction: Direction
+) -> None:
+    versions, runs = graph
+    index = GraphIndex()
+    index.put_versions(versions)
+    index.put_runs(run_info(i, job) for i, (job, _, _) in enumerate(runs))
+    index.put_run_io(
+        (run_info(i, job).run_id, is_output, node)
+        for i, (job, inputs, outputs) in enumerate(runs)
+        for is_output, nodes in ((False, inputs), (True, outputs))
+        for node in nodes
+    )
+    ids = [v.key for v in versions] + [f"dataset:{v.namespace}:{v.name}" for v in versions]
+    ids += [f"run:{run_info(i, job).run_id}" for i, (job, _, _) in enumerate(runs)]
+    ids += [f"job:jobs:job{j}" for j in range(3)]
+    for node_id in ids:
+        found = index.lookup(parse_node_id(node_id))
+        want = expected(versions, runs, node_id, depth, direction)
+        got = index.answer(found, depth, direction) if found.known else None
+        assert got == want, node_id
