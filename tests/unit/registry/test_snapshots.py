@@ -68,6 +68,24 @@ def test_time_of_use_is_never_before_the_seal(sealed: datetime, start: datetime 
     assert used >= sealed and used in (sealed, start)
 
 
+def test_a_backfill_is_used_when_it_says_even_before_its_seal() -> None:
+    earlier = SEALED - timedelta(days=400)
+    assert time_of_use(SEALED, earlier, backfill=True) == earlier
+    assert time_of_use(SEALED, SEALED + timedelta(days=1), backfill=True) > SEALED
+    header = {
+        "dataset": {"namespace": "s3://lake", "name": "posts", "version": "2024-08-20"},
+        "purpose": "ai.training.generative",
+        "created_at": "2024-08-20T00:00:00Z",
+        "backfill": True,
+    }
+    with pytest.raises(ValidationError, match="backfill must declare training_started_at"):
+        DatasetVersionHeader.model_validate(header)
+    parsed = DatasetVersionHeader.model_validate(
+        header | {"training_started_at": earlier.isoformat()}
+    )
+    assert parsed.time_of_use(SEALED) == earlier
+
+
 def test_header_and_registration_apply_the_same_rule() -> None:
     later = SEALED + timedelta(hours=1)
     header = DatasetVersionHeader.model_validate(
