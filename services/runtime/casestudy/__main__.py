@@ -43,9 +43,9 @@ async def run(
         f" {len(case.runs)} training runs (seed {seed})"
     )
     started = time.perf_counter()
-    await replay(stack, case, say)
+    sent = await replay(stack, case, say)
     timings["replay"] = time.perf_counter() - started
-    timings["settle"] = await settle(stack, case, say)
+    timings["settle"] = await settle(stack, case, sent, say)
     say(f"settled   in {timings['settle']:.1f}s")
     report = await collect(stack, case)
     await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from services.runtime.casestudy.scenario import (
     TrainingRun,
 )
 
-__all__ = ["Stack", "replay", "settle"]
+__all__ = ["Sent", "Stack", "replay", "settle"]
 
 BATCH = 1000
 """Consent changes per batch request (the consent API's limit)."""
@@ -77,14 +77,17 @@ async def wait_ready(client: httpx.AsyncClient, stack: Stack, within: float = 12
             await asyncio.sleep(0.5)
 
 
-async def publish_policy(client: httpx.AsyncClient, stack: Stack, document: dict[str, Any]) -> None:
+async def publish_policy(client: httpx.AsyncClient, stack: Stack, document: dict[str, Any]) -> int:
+    """Publish a version; returns 1 when it is new (201), 0 when it was there (200)."""
     response = await client.post(f"{stack.consent}/api/v1/policies", json=document)
     _check(response, f"policy {document['policy_id']} {document['version']}")
+    return 1 if response.status_code == 201 else 0
 
 
 async def record_consent(
     client: httpx.AsyncClient, stack: Stack, changes: list[ConsentChange], key: str
-) -> None:
+) -> int:
+    """Record a batch; returns how many events it recorded now (none on a replayed key)."""
     body = {"changes": [c.intake("2024.1") for c in changes]}
     response = await client.post(
         f"{stack.consent}/api/v1/consent-events/batch",
@@ -92,6 +95,7 @@ async def record_consent(
         headers={"Idempotency-Key": key},
     )
     _check(response, f"consent batch {key}")
+    return 0 if response.json().get("replayed") else len(changes)
 
 
 async def register_snapshot(
@@ -141,12 +145,26 @@ def _timeline(case: Scenario) -> Iterator[tuple[datetime, int, object]]:
     return iter(sorted(items, key=lambda item: (item[0], item[1])))
 
 
-async def replay(stack: Stack, case: Scenario, say: Say) -> None:
+@dataclass
+class Sent:
+    """What the registry must have consumed once the replay's events reached it: its
+    counters before the replay plus what the replay made the consent service publish."""
+
+    consent_events: float
+    policies: float
+
+
+async def replay(stack: Stack, case: Scenario, say: Say) -> Sent:
     """Send the whole case, in story order; the re-reading of the policy last."""
     async with httpx.AsyncClient(timeout=httpx.Timeout(300, connect=10)) as client:
         await wait_ready(client, stack)
+        before = _metrics((await client.get(f"{stack.registry}/metrics")).text)
+        sent = Sent(
+            before.get((_CONSUMED, "consent.events.v1"), 0.0),
+            before.get((_CONSUMED, "consent.policies.v1"), 0.0),
+        )
         reading, rereading = case.policies
-        await publish_policy(client, stack, reading)
+        sent.policies += await publish_policy(client, stack, reading)
         say(f"policy    {reading['policy_id']} {reading['version']} published (the platform's)")
         pending: list[ConsentChange] = []
         batches = 0
@@ -155,7 +173,9 @@ async def replay(stack: Stack, case: Scenario, say: Say) -> None:
             nonlocal pending, batches
             for start in range(0, len(pending), BATCH):
                 key = f"casestudy:{case.tag or '-'}:{case.seed}:{len(case.members)}:{batches}"
-                await record_consent(client, stack, pending[start : start + BATCH], key)
+                sent.consent_events += await record_consent(
+                    client, stack, pending[start : start + BATCH], key
+                )
                 batches += 1
             if pending:
                 say(
@@ -173,6 +193,9 @@ async def replay(stack: Stack, case: Scenario, say: Say) -> None:
                 if not item.record_ids:
                     say(f"snapshot  {item.key}: empty, not registered")
                     continue
+                # As in the story, the registry knows the choices made before the snapshot
+                # (else it judges with a partial history, and retracts later).
+                await _registry_caught_up(client, stack, sent)
                 started = time.perf_counter()
                 await register_snapshot(client, stack, case, item)
                 say(
@@ -184,15 +207,31 @@ async def replay(stack: Stack, case: Scenario, say: Say) -> None:
                 inputs = [d.key for d in item.datasets] + [p.key for p in item.parents]
                 say(f"run       {item.kind:<9} {' + '.join(inputs)} -> {item.output.key}")
         await flush()
-        await publish_policy(client, stack, rereading)
+        await _registry_caught_up(client, stack, sent)
+        sent.policies += await publish_policy(client, stack, rereading)
         say(
             f"policy    {rereading['policy_id']} {rereading['version']} published: private"
             " messages of premium members were never a lawful basis"
         )
+        return sent
+
+
+async def _registry_caught_up(
+    client: httpx.AsyncClient, stack: Stack, sent: Sent, within: float = 300.0
+) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        metrics = _metrics((await client.get(f"{stack.registry}/metrics")).text)
+        if metrics.get((_CONSUMED, "consent.events.v1"), 0.0) >= sent.consent_events:
+            return
+        if time.monotonic() > deadline:
+            raise ReplayError(f"the registry did not receive the consent events in {within:.0f}s")
+        await asyncio.sleep(0.2)
 
 
 # --- settling --------------------------------------------------------------------------
 
+_CONSUMED = "consenttrace_messages_consumed_total"
 _SAMPLE = re.compile(r"^(\w+)\{([^}]*)\}\s+([0-9.eE+-]+)$")
 
 
@@ -223,10 +262,19 @@ what the producer published."""
 
 
 async def settle(
-    stack: Stack, case: Scenario, say: Say, *, within: float = 900.0, quiet_for: float = 3.0
+    stack: Stack,
+    case: Scenario,
+    sent: Sent,
+    say: Say,
+    *,
+    within: float = 900.0,
+    quiet_for: float = 3.0,
 ) -> float:
     """Wait until the system has settled, judged from its APIs only; returns the seconds
-    waited. Settled: every flow consumed what its producer published (``/metrics``), the
+    waited. Settled: the registry consumed every consent event and policy version the
+    replay recorded (the consent service relays them through its outbox, so its own
+    counter of what it published can lag behind what it accepted), every flow consumed
+    what its producer published (``/metrics``), the
     registry has no evaluation job left, lineage holds exactly the registry's active
     findings on the scenario's dataset versions (the registry relays findings through its
     outbox, in batches), every flagged model has its deletion case, and all of that has
@@ -237,7 +285,7 @@ async def settle(
     shown = 0.0
     async with httpx.AsyncClient(timeout=60) as client:
         while True:
-            waiting, state = await _unsettled(client, stack, case)
+            waiting, state = await _unsettled(client, stack, case, sent)
             now = time.monotonic()
             if state != last:
                 last, quiet_since = state, now
@@ -252,13 +300,20 @@ async def settle(
 
 
 async def _unsettled(
-    client: httpx.AsyncClient, stack: Stack, case: Scenario
+    client: httpx.AsyncClient, stack: Stack, case: Scenario, sent: Sent
 ) -> tuple[list[str], tuple[Any, ...]]:
     """What is still moving, and a fingerprint of the state."""
     urls = stack.urls()
     metrics = {n: _metrics((await client.get(f"{u}/metrics")).text) for n, u in urls.items()}
     waiting: list[str] = []
     state: list[Any] = []
+    for topic, target in (
+        ("consent.events.v1", sent.consent_events),
+        ("consent.policies.v1", sent.policies),
+    ):
+        consumed = metrics["registry"].get((_CONSUMED, topic), 0.0)
+        if consumed < target:
+            waiting.append(f"registry has {consumed:.0f}/{target:.0f} of {topic}")
     for producer, topic, consumer in _FLOWS:
         published = metrics[producer].get(("consenttrace_outbox_published_total", topic), 0.0)
         consumed = metrics[consumer].get(("consenttrace_messages_consumed_total", topic), 0.0)

@@ -428,36 +428,52 @@ def render_markdown(report: Report) -> str:
     return "\n".join(out) + "\n"
 
 
+def _short(key: str) -> str:
+    """``model:models://ml:assistant-base#2024-08`` → ``assistant-base#2024-08``."""
+    return key.rsplit(":", 1)[-1]
+
+
 def render_terminal(report: Report) -> None:
-    """Rich tables on stdout."""
+    """Rich tables on stdout: the verdicts, then each flagged model's causes."""
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    table = Table(title="Models: what must happen to each, and why", show_lines=True)
-    for column in ("model", "verdict", "causes (records / subjects)", "case"):
-        table.add_column(column)
+    console = Console(width=max(Console().width, 140))
     colours = {"DESTROY": "bold red", "RETRAIN": "yellow", "DESTROYED": "bold magenta"}
+    verdicts = Table(title="Models: what must happen to each")
+    for column in ("model", "verdict", "status", "deletion case"):
+        verdicts.add_column(column)
     for m in report.models:
         verdict = _verdict(m)
-        causes = "\n".join(
-            f"{c.severity}: {c.reason} {c.detail}, rule {c.rule_id} ({c.policy}) on"
-            f" {c.dataset.split(':')[-1]}: {c.records:,} / {c.subjects:,}"
-            for c in m.causes
-        )
-        case = f"{m.case['case_id'][:8]} {m.case['state']}" if m.case else ""
-        table.add_row(
-            m.key.removeprefix("model:"),
-            f"[{colours.get(verdict, 'green')}]{verdict}",
-            causes,
-            case,
-        )
-    console.print(table)
+        case = f"{m.case['case_id']} {m.case['state']}" if m.case else ""
+        colour = colours.get(verdict, "green")
+        verdicts.add_row(_short(m.key), f"[{colour}]{verdict}[/]", m.status, case)
+    console.print(verdicts)
+    causes = Table(title="Why: active findings upstream of each flagged model")
+    for column in ("model", "severity", "cause", "rule (policy)", "dataset version"):
+        causes.add_column(column)
+    for column in ("findings", "records", "subjects"):
+        causes.add_column(column, justify="right")
+    for m in report.models:
+        for c in m.causes:
+            causes.add_row(
+                _short(m.key),
+                c.severity,
+                f"{c.reason}: {c.detail}",
+                f"{c.rule_id} ({c.policy})",
+                _short(c.dataset),
+                str(c.findings),
+                f"{c.records:,}",
+                f"{c.subjects:,}",
+            )
+    console.print(causes)
     console.print(f"deletion cases opened: {len(report.cases)}")
     if report.executed:
         e = report.executed
-        verdict = "[green]verified" if e.verified else "[red]NOT verified"
+        verdict = "[green]verified[/]" if e.verified else "[red]NOT verified[/]"
         console.print(f"case {e.case_id}: {' → '.join(e.states)}; evidence bundle {verdict}")
+    if report.graph_svg is None and report.graph_note:
+        console.print(f"lineage picture: {report.graph_note}")
 
 
 def write(report: Report, out_dir: Path) -> Path:

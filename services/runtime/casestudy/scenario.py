@@ -460,10 +460,10 @@ def _choices(rng: random.Random, member: Member) -> list[ConsentChange]:
             withdrawn = _between(rng, _at("2025-01-15T00:00:00"), DATES["end"])
             out.append(change(("user.content.private",), "withdrawn", "opt_out", withdrawn))
         return out
-    if where in DEFAULT_ON and rng.random() < 0.18:
+    if where in DEFAULT_ON and rng.random() < 0.06:
         at = _between(rng, _at("2024-08-05T00:00:00"), DATES["end"])
         return [change(("user",), "withdrawn", "opt_out", at)]
-    if where in ("EU", "CH") and rng.random() < 0.20:
+    if where in ("EU", "CH") and rng.random() < 0.10:
         # Objections from the notice of EU training on: many before it starts, some after.
         at = _between(rng, DATES["eu_notice"], DATES["end"])
         return [change(("user",), "withdrawn", "opt_out", at)]
