@@ -442,7 +442,7 @@ def render_terminal(report: Report) -> None:
     colours = {"DESTROY": "bold red", "RETRAIN": "yellow", "DESTROYED": "bold magenta"}
     verdicts = Table(title="Models: what must happen to each")
     for column in ("model", "verdict", "status", "deletion case"):
-        verdicts.add_column(column)
+        verdicts.add_column(column, overflow="fold")
     for m in report.models:
         verdict = _verdict(m)
         case = f"{m.case['case_id']} {m.case['state']}" if m.case else ""
@@ -451,7 +451,7 @@ def render_terminal(report: Report) -> None:
     console.print(verdicts)
     causes = Table(title="Why: active findings upstream of each flagged model")
     for column in ("model", "severity", "cause", "rule (policy)", "dataset version"):
-        causes.add_column(column)
+        causes.add_column(column, overflow="fold")
     for column in ("findings", "records", "subjects"):
         causes.add_column(column, justify="right")
     for m in report.models:
