@@ -390,7 +390,7 @@ def render_markdown(report: Report) -> str:
         "",
         "## Deletion cases opened",
         "",
-        "| case | model | kind | state | severity | days left |",
+        "| case | model | kind | state | severity when opened | days left |",
         "|---|---|---|---|---|---:|",
     ]
     for row in report.cases:
