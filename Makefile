@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SERVICES := consent registry lineage deletion
 
-.PHONY: help install dev demo stop status test test-unit lint format schemas asyncapi bench clean
+.PHONY: help install dev demo walkthrough stop status test test-unit lint format schemas asyncapi bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -22,7 +22,15 @@ $(VENV)/.installed: pyproject.toml requirements.lock | $(BIN)/python
 dev: install  ## start the embedded stack (Tansu + local Postgres + the four services)
 	$(BIN)/python -m services.runtime.devstack up
 
-demo: dev  ## start the stack and walk one consent withdrawal through the four services
+SEED    ?= 2024
+MEMBERS ?= 20000
+
+demo: install  ## the 2024 case study on a fresh embedded stack, and its report (SEED=…, MEMBERS=…)
+	$(BIN)/python -m services.runtime.devstack down
+	$(BIN)/python -m services.runtime.devstack up --fresh
+	$(BIN)/python -m services.runtime.casestudy --seed $(SEED) --members $(MEMBERS)
+
+walkthrough: dev  ## walk one consent withdrawal through the four services
 	$(BIN)/python -m services.runtime.walkthrough
 
 stop:  ## stop everything `make dev` started

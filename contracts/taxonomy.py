@@ -82,6 +82,10 @@ DATA_CATEGORIES: Mapping[str, str] = MappingProxyType(
         "user.contact.phone_number": "Phone number",
         "user.content": "Content the subject created",
         "user.content.private": "Private content (private messages, e.g. InMail)",
+        "user.content.private.premium": (
+            "Private messages of paying (premium) members, confidential by their contract"
+            " (e.g. InMail of subscribers); not a fideslang term"
+        ),
         "user.content.public": "Public content (posts, comments, profile text)",
         "user.content.self_image": "Images of the subject",
         "user.demographic": "Demographic data",

@@ -1,6 +1,6 @@
 """The embedded development stack: ``python -m services.runtime.devstack {up,down,status,logs}``.
 
-``up``
+``up [--fresh]``
     Kafka: ``KAFKA_BOOTSTRAP_SERVERS`` when set, else a Tansu broker started detached (port 9092
     when free, else a free port). Postgres: the server of ``DATABASE_URL`` (its database part is
     ignored) when set, else 127.0.0.1:5432, else an embedded PostgreSQL from ``pgserver`` when
@@ -8,7 +8,8 @@
     runs ``python -m services.<service> migrate`` for each service, starts each with ``serve``
     (detached, own process group, log in ``.dev/logs/<service>.log``), waits for
     ``GET /health/ready``, writes ``.dev/stack.json`` and prints the URLs. On any failure it
-    prints the relevant log tail and stops what it started.
+    prints the relevant log tail and stops what it started. ``--fresh`` drops the four
+    databases first.
 ``down``
     Stops everything recorded in ``.dev/stack.json`` (SIGTERM, SIGKILL after a timeout); idempotent.
 ``status``
@@ -405,8 +406,16 @@ def _resolve_auth(dev_dir: Path, stack: dict[str, Any]) -> dict[str, dict[str, s
     return envs
 
 
-def up(dev_dir: Path, *, timeout: float = 90.0, services: Sequence[str] = SERVICES) -> int:
-    """Bring the stack up (see the module docstring); returns the exit code."""
+def up(
+    dev_dir: Path,
+    *,
+    timeout: float = 90.0,
+    services: Sequence[str] = SERVICES,
+    fresh: bool = False,
+) -> int:
+    """Bring the stack up (see the module docstring); returns the exit code. ``fresh``
+    drops the services' databases first (what ``make demo`` does: its figures then owe
+    nothing to an earlier run)."""
     existing = load_stack(dev_dir)
     if existing is not None and _stack_alive(existing):
         print(f"The stack is already running ({stack_file(dev_dir)}); `down` stops it.")
@@ -433,6 +442,9 @@ def up(dev_dir: Path, *, timeout: float = 90.0, services: Sequence[str] = SERVIC
         server_url: str = stack["postgres"]["server_url"]
         bootstrap: str = stack["kafka"]["bootstrap_servers"]
         idempotence: bool = stack["kafka"]["enable_idempotence"]
+        if fresh:
+            print("dropping the services' databases (--fresh) ...")
+            embedded.drop_databases_sync(server_url, [database_name(n) for n in services])
         embedded.create_databases_sync(server_url, [database_name(n) for n in services])
         auth_envs = _resolve_auth(dev_dir, stack)
         envs = {
@@ -603,6 +615,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="start broker, Postgres, migrations and the four services")
     p_up.add_argument("--timeout", type=float, default=90.0, help="seconds to become ready")
+    p_up.add_argument(
+        "--fresh", action="store_true", help="drop the services' databases first (empty state)"
+    )
     sub.add_parser("down", help="stop everything that `up` recorded")
     sub.add_parser("status", help="show what runs and answers")
     p_logs = sub.add_parser("logs", help="show the logs")
@@ -612,7 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     dev_dir: Path = args.dev_dir.resolve()
     if args.command == "up":
-        return up(dev_dir, timeout=args.timeout)
+        return up(dev_dir, timeout=args.timeout, fresh=args.fresh)
     if args.command == "down":
         return down(dev_dir)
     if args.command == "status":

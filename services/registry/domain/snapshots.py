@@ -51,11 +51,15 @@ __all__ = [
 ]
 
 
-def time_of_use(sealed_at: datetime, training_started_at: datetime | None) -> datetime:
+def time_of_use(
+    sealed_at: datetime, training_started_at: datetime | None, *, backfill: bool = False
+) -> datetime:
     """When a dataset version's records were used: its seal time, or a later declared
     training start. A training start *before* the seal cannot be: the snapshot did not
-    exist yet, so the seal time stands (records cannot be used before they are sealed)."""
-    if training_started_at is not None and training_started_at > sealed_at:
+    exist yet, so the seal time stands (records cannot be used before they are sealed) —
+    except for a **backfill**, a snapshot taken and trained on before it was registered
+    here (importing history): its declared training start is its time of use."""
+    if training_started_at is not None and (backfill or training_started_at > sealed_at):
         return training_started_at
     return sealed_at
 
@@ -67,16 +71,22 @@ class DatasetVersionHeader(Contract):
     purpose: PurposePath
     created_at: AwareDatetime
     training_started_at: AwareDatetime | None = None
+    backfill: bool = False
+    """The snapshot was taken and trained on before it was registered (history import):
+    ``training_started_at`` (required then) is its time of use even before the seal.
+    Accepted by the one-document form and the stream, not by chunked uploads."""
 
     @model_validator(mode="after")
     def _storable_names(self) -> DatasetVersionHeader:
         for part in ("namespace", "name", "version"):
             if "\x00" in getattr(self.dataset, part):
                 raise ValueError(f"dataset.{part} contains NUL (U+0000)")
+        if self.backfill and self.training_started_at is None:
+            raise ValueError("a backfill must declare training_started_at (its time of use)")
         return self
 
     def time_of_use(self, sealed_at: datetime) -> datetime:
-        return time_of_use(sealed_at, self.training_started_at)
+        return time_of_use(sealed_at, self.training_started_at, backfill=self.backfill)
 
 
 class DatasetVersionRegistration(DatasetVersionHeader):
@@ -97,6 +107,7 @@ class DatasetVersionRegistration(DatasetVersionHeader):
             purpose=self.purpose,
             created_at=self.created_at,
             training_started_at=self.training_started_at,
+            backfill=self.backfill,
         )
 
 

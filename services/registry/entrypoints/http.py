@@ -49,6 +49,7 @@ from services.registry.entrypoints.schemas import (
     UploadResponse,
 )
 from services.registry.service.registration import (
+    BackfillNotSupported,
     ChunkTooLarge,
     DatasetVersionExists,
     DuplicateRecords,
@@ -86,6 +87,7 @@ _STATUS: dict[type[RegistrationError], int] = {
     StagedRowsLost: 409,
     DuplicateRecords: 422,
     EmptyRegistration: 422,
+    BackfillNotSupported: 422,
     ChunkTooLarge: 413,
 }
 

@@ -47,6 +47,7 @@ from services.runtime.unit_of_work import UnitOfWork
 __all__ = [
     "MAX_CHUNK_RECORDS",
     "MAX_STREAM_RECORDS",
+    "BackfillNotSupported",
     "ChunkReceipt",
     "ChunkTooLarge",
     "DatasetVersionExists",
@@ -103,6 +104,10 @@ class RecordConflict(RegistrationError):
 
 class DuplicateRecords(RegistrationError):
     """The same (source_system, record_id) twice in one dataset version."""
+
+
+class BackfillNotSupported(RegistrationError):
+    """A chunked upload declaring ``backfill``."""
 
 
 class EmptyRegistration(RegistrationError):
@@ -183,8 +188,19 @@ async def register_dataset_version(
 # --- chunked uploads -------------------------------------------------------------------
 
 
+def _refuse_backfill_upload(header: DatasetVersionHeader) -> None:
+    # An upload keeps its header in dataset_versions columns, which hold no backfill flag:
+    # accepted here, the flag would be lost by the seal and the time of use silently moved.
+    if header.backfill:
+        raise BackfillNotSupported(
+            "backfill is accepted by POST /dataset-versions and /dataset-versions/stream only,"
+            " not by chunked uploads"
+        )
+
+
 async def open_upload(uow: UnitOfWork, header: DatasetVersionHeader, *, now: datetime) -> UUID:
     """Reserve the dataset version and a staging table; the version is not sealed yet."""
+    _refuse_backfill_upload(header)
     repo = SnapshotRepository(uow.connection)
     version_id = await _create_version(repo, header)
     upload_id = uuid.uuid4()
@@ -550,6 +566,7 @@ async def open_upload_with_id(
 ) -> UUID:
     """``open_upload`` under a given id: a Kafka registration's, derived from its dataset
     key, so that the messages after ``opened`` (and a re-sent ``opened``) find it."""
+    _refuse_backfill_upload(header)
     repo = SnapshotRepository(uow.connection)
     version_id = await _create_version(repo, header)
     table = staging_table_for(upload_id)

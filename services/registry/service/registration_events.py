@@ -49,6 +49,7 @@ from contracts.registration import (
 )
 from services.registry.domain.snapshots import DatasetVersionHeader, RecordRow
 from services.registry.service.registration import (
+    BackfillNotSupported,
     DatasetVersionExists,
     DuplicateRecords,
     EmptyRegistration,
@@ -104,6 +105,7 @@ _REASONS: dict[type[RegistrationError], str] = {
     DuplicateRecords: "duplicate_records",
     StagedRowsLost: "staged_rows_lost",
     EmptyRegistration: "incomplete",
+    BackfillNotSupported: "backfill_not_supported",
 }
 
 

@@ -346,8 +346,10 @@ def test_a_misspelling_gets_a_suggestion() -> None:
 
 
 def test_a_term_below_a_leaf_says_to_use_the_leaf() -> None:
-    message = category_error("user.content.private.inmail") or ""
-    assert "'user.content.private' has no narrower terms" in message
+    message = category_error("user.content.public.comment") or ""
+    assert "'user.content.public' has no narrower terms" in message
+    below = category_error("user.content.private.inmail") or ""
+    assert "known under 'user.content.private': user.content.private.premium" in below
 
 
 def test_an_unknown_top_level_term_lists_the_roots() -> None:

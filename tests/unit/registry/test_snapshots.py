@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
@@ -27,6 +27,12 @@ from services.registry.domain.snapshots import (
     record_row,
     time_of_use,
 )
+from services.registry.service.registration import (
+    BackfillNotSupported,
+    open_upload,
+    open_upload_with_id,
+)
+from services.runtime.unit_of_work import UnitOfWork
 
 SEALED = datetime(2024, 9, 1, 12, tzinfo=UTC)
 DIGEST = "sha256:" + "ab" * 32
@@ -66,6 +72,41 @@ def test_time_of_use_is_the_seal_unless_training_starts_later() -> None:
 def test_time_of_use_is_never_before_the_seal(sealed: datetime, start: datetime | None) -> None:
     used = time_of_use(sealed, start)
     assert used >= sealed and used in (sealed, start)
+
+
+def test_a_backfill_is_used_when_it_says_even_before_its_seal() -> None:
+    earlier = SEALED - timedelta(days=400)
+    assert time_of_use(SEALED, earlier, backfill=True) == earlier
+    assert time_of_use(SEALED, SEALED + timedelta(days=1), backfill=True) > SEALED
+    header = {
+        "dataset": {"namespace": "s3://lake", "name": "posts", "version": "2024-08-20"},
+        "purpose": "ai.training.generative",
+        "created_at": "2024-08-20T00:00:00Z",
+        "backfill": True,
+    }
+    with pytest.raises(ValidationError, match="backfill must declare training_started_at"):
+        DatasetVersionHeader.model_validate(header)
+    parsed = DatasetVersionHeader.model_validate(
+        header | {"training_started_at": earlier.isoformat()}
+    )
+    assert parsed.time_of_use(SEALED) == earlier
+
+
+async def test_a_chunked_upload_refuses_a_backfill_it_could_not_keep() -> None:
+    header = DatasetVersionHeader.model_validate(
+        {
+            "dataset": {"namespace": "s3://lake", "name": "posts", "version": "2024-08-20"},
+            "purpose": "ai.training.generative",
+            "created_at": "2024-08-20T00:00:00Z",
+            "training_started_at": "2024-08-20T06:00:00Z",
+            "backfill": True,
+        }
+    )
+    never_used = cast(UnitOfWork, object())  # refused before any database work
+    with pytest.raises(BackfillNotSupported, match="not by chunked uploads"):
+        await open_upload(never_used, header, now=SEALED)
+    with pytest.raises(BackfillNotSupported):
+        await open_upload_with_id(never_used, header, uuid.uuid4(), now=SEALED)
 
 
 def test_header_and_registration_apply_the_same_rule() -> None:
