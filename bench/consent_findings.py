@@ -485,11 +485,10 @@ _LABELS = (
     ("count(*), max(published_at)", "policies_fingerprint"),
     ("FROM policy_versions", "policies"),
     ("DELETE FROM finding_contributions", "reconcile: delete"),
-    ("INSERT INTO findings", "reconcile: create findings (executemany)"),
     ("INSERT INTO finding_contributions", "reconcile: upsert contributions"),
     ("CROSS JOIN LATERAL", "refresh: totals"),
-    ("UPDATE findings SET body", "refresh: update + history, one per finding"),
-    ("INSERT INTO outbox", "outbox: insert (executemany)"),
+    ("INSERT INTO findings AS f", "refresh: upsert findings + history rows"),
+    ("COPY outbox", "outbox: COPY"),
     ("NOTIFY", "outbox: NOTIFY"),
 )
 
@@ -532,6 +531,13 @@ class TimedConnection:
 
     async def executemany(self, sql: str, args: Any, **kwargs: Any) -> Any:
         return await self._timed("executemany", sql, args, **kwargs)
+
+    async def copy_records_to_table(self, table: str, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await self._conn.copy_records_to_table(table, **kwargs)
+        finally:
+            self.spent[label_of(f"COPY {table}")].append(time.perf_counter() - started)
 
 
 class OneConnectionPool:
