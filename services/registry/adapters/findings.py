@@ -1,10 +1,15 @@
 """Findings storage: uses to judge, contributions, findings and their history. SQL only.
 
-Concurrency (one rule, two locks):
+Concurrency (advisory locks, transaction-scoped):
 
-- Whoever changes the contributions of a dataset version holds its advisory lock
-  (``lock_versions``, in id order), so two transactions never recompute one finding's
-  totals from different states.
+- A whole-version evaluation holds its dataset version's lock exclusively
+  (``lock_versions``). A consent transaction holds the lock of every version its subjects
+  are in *shared* (``share_versions``) before it reads their contributions, so the two
+  never interleave, while consent transactions (several consumers) run side by side.
+- Among consent transactions, whoever changes a finding's contributions holds that
+  finding's lock (``reconcile(lock=True)``, in key order, only for the findings it changes),
+  so two transactions never recompute one finding's totals from different states; a
+  batch that changes nothing takes none.
 - A consent transaction holds the *evaluation gate* shared from before it reads anything;
   a whole-version evaluation first passes the gate exclusively (``pass_gate``), outside its
   own transaction. Every consent transaction that could have missed a newly sealed version
@@ -78,6 +83,26 @@ class FindingStore:
             _VERSION_LOCK,
             sorted(set(version_ids)),
         )
+
+    async def share_versions(self, version_ids: Iterable[int]) -> None:
+        """Wait for any evaluation of these versions, and keep new ones out until commit."""
+        ids = sorted(set(version_ids))
+        if ids:
+            await self._conn.execute(
+                "SELECT pg_advisory_xact_lock_shared($1 + id)"
+                " FROM unnest($2::bigint[]) AS id ORDER BY id",
+                _VERSION_LOCK,
+                ids,
+            )
+
+    async def _lock_findings(self, finding_ids: Iterable[UUID]) -> None:
+        # Keys from the ids' first 64 bits; a collision only makes two findings wait on
+        # each other. Ordered, so two transactions never wait on each other in a cycle.
+        keys = sorted({int.from_bytes(f.bytes[:8], "big", signed=True) for f in finding_ids})
+        if keys:
+            await self._conn.execute(
+                "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k", keys
+            )
 
     # --- uses ----------------------------------------------------------------------
 
@@ -179,8 +204,13 @@ class FindingStore:
         self,
         desired: Sequence[Contribution],
         stored: dict[ContributionKey, StoredContribution],
+        *,
+        lock: bool = False,
     ) -> set[UUID]:
-        """Make the stored contributions the desired ones; returns the findings touched."""
+        """Make the stored contributions the desired ones; returns the findings touched.
+
+        ``lock``: first take the lock of each finding touched (a consent transaction; an
+        evaluation holds its version exclusively instead)."""
         wanted = {c.key: c for c in desired}
         changed = [
             c
@@ -189,6 +219,9 @@ class FindingStore:
             or (s.records, s.sample, s.events) != (c.records, c.sample, c.events)
         ]
         gone = [key for key in stored if key not in wanted]
+        touched = {c.cause.finding_id for c in changed} | {key[2] for key in gone}
+        if lock:
+            await self._lock_findings(touched)
         if gone:
             await self._conn.execute(
                 """
@@ -225,7 +258,7 @@ class FindingStore:
                 [json.dumps(c.sample) for c in changed],
                 [json.dumps([str(e) for e in c.events]) for c in changed],
             )
-        return {c.cause.finding_id for c in changed} | {key[2] for key in gone}
+        return touched
 
     async def refresh(
         self, finding_ids: Iterable[UUID], trace_id: str | None = None
