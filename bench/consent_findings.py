@@ -31,7 +31,7 @@ helpers it reuses). Then:
    that is rolled back: time per SQL statement, Python CPU, and a cProfile of the same; and
    EXPLAIN (ANALYZE, BUFFERS) of ``uses_of_subjects``, ``contributions_of_subjects``,
    ``histories`` and the totals query of ``refresh`` for 500 subjects. Two batches are also
-   run at once, as two consumers would: the wait in ``lock_versions`` shows whether they can.
+   run at once, as two consumers would: the wait in the advisory locks shows whether they can.
 
 CPU per run comes from ``/proc`` (the service, Tansu, the Postgres backends of the registry's
 database except the bench's own; parallel query workers exit too soon to be counted), the
@@ -477,19 +477,20 @@ async def statement_of(call: Callable[[Any], Awaitable[object]]) -> tuple[str, t
 _LABELS = (
     ("INSERT INTO inbox", "inbox: insert batch"),
     ("INSERT INTO consent_projection", "save_consents"),
-    ("pg_advisory_xact_lock_shared", "enter_gate"),
+    ("pg_advisory_xact_lock_shared($1)", "enter_gate"),
+    ("pg_advisory_xact_lock_shared($1 + id)", "locks: share_versions"),
+    ("pg_advisory_xact_lock(k)", "locks: findings"),
     ("FROM records r", "uses_of_subjects"),
     ("SELECT * FROM finding_contributions WHERE subject_id", "contributions_of_subjects"),
-    ("pg_advisory_xact_lock($1 + id)", "lock_versions"),
+    ("pg_advisory_xact_lock($1 + id)", "locks: lock_versions"),
     ("FROM consent_projection", "histories"),
     ("count(*), max(published_at)", "policies_fingerprint"),
     ("FROM policy_versions", "policies"),
     ("DELETE FROM finding_contributions", "reconcile: delete"),
-    ("INSERT INTO findings", "reconcile: create findings (executemany)"),
     ("INSERT INTO finding_contributions", "reconcile: upsert contributions"),
     ("CROSS JOIN LATERAL", "refresh: totals"),
-    ("UPDATE findings SET body", "refresh: update + history, one per finding"),
-    ("INSERT INTO outbox", "outbox: insert (executemany)"),
+    ("INSERT INTO findings AS f", "refresh: upsert findings + history rows"),
+    ("COPY outbox", "outbox: COPY"),
     ("NOTIFY", "outbox: NOTIFY"),
 )
 
@@ -532,6 +533,13 @@ class TimedConnection:
 
     async def executemany(self, sql: str, args: Any, **kwargs: Any) -> Any:
         return await self._timed("executemany", sql, args, **kwargs)
+
+    async def copy_records_to_table(self, table: str, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await self._conn.copy_records_to_table(table, **kwargs)
+        finally:
+            self.spent[label_of(f"COPY {table}")].append(time.perf_counter() - started)
 
 
 class OneConnectionPool:
@@ -955,11 +963,12 @@ async def where_time_goes(
                 "wall_ms": (time.perf_counter() - started) * 1e3,
                 "batch_wall_ms": [b["wall_ms"] for b in pair],
                 "lock_versions_ms": [
-                    b["statements"].get("lock_versions", {}).get("ms") for b in pair
+                    sum(s["ms"] for k, s in b["statements"].items() if k.startswith("locks:"))
+                    for b in pair
                 ],
             }
             log(
-                f"    two batches at once: {both['wall_ms']:.0f} ms for both; lock_versions"
+                f"    two batches at once: {both['wall_ms']:.0f} ms for both; locks"
                 f" waited {', '.join(_f(ms) for ms in both['lock_versions_ms'])} ms"
             )
             out[kind] = {
@@ -1285,7 +1294,7 @@ def report(result: Row, meta: Row) -> str:
             both = profile[kind]["two_at_once"]
             lines.append(
                 f"    two batches at once (two consumers): {both['wall_ms']:.0f} ms for both,"
-                f" lock_versions waited {' / '.join(_f(ms) for ms in both['lock_versions_ms'])} ms"
+                f" locks waited {' / '.join(_f(ms) for ms in both['lock_versions_ms'])} ms"
             )
             for label, s in sorted(m["statements"].items(), key=lambda kv: -kv[1]["ms"]):
                 lines.append(f"    {label:<48} {s['calls']:>6} calls {s['ms']:>9.1f} ms")

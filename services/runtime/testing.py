@@ -12,7 +12,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,6 +279,14 @@ class FakeConnection:
         if "INSERT INTO outbox" not in query:
             raise NotImplementedError(query)
         self._pool.outbox.extend(rows)
+
+    async def copy_records_to_table(
+        self, table: str, *, records: Iterable[tuple[object, ...]], columns: Sequence[str]
+    ) -> str:
+        if table != "outbox":
+            raise NotImplementedError(table)
+        self._pool.outbox.extend(records)
+        return "COPY"
 
     async def execute(self, query: str, *args: object) -> str:
         if query.startswith("NOTIFY"):

@@ -4,6 +4,7 @@ dropped out is retracted with the counts it had."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import random
@@ -164,3 +165,49 @@ async def test_a_versions_uses_come_in_slices_that_never_split_a_subject(
     assert sum(u.records for u in uses) == 40
     assert len({(u.subject_id, u.category) for u in uses}) == len(uses) == 14
     assert all(list(u.sample) == sorted(u.sample) for u in uses)
+
+
+async def test_consent_transactions_share_a_version_and_wait_only_on_a_finding_they_both_change(
+    make_database: Callable[[str], str],
+) -> None:
+    """Two consumers: each holds the version shared and locks the findings it changes.
+    Different findings of one version do not wait on each other; the same finding does, and
+    so does a whole-version evaluation (it holds the version exclusively)."""
+    database = make_database("findings_locks")
+    migrate_service("registry", database)
+    first, second, third = [await asyncpg.connect(database) for _ in range(3)]
+    withdrawal_a = next(
+        c
+        for c in causes()
+        if c.dataset_version_id == 1 and c.reason is FindingReason.LATER_WITHDRAWAL
+    )
+    withdrawal_b = dataclasses.replace(withdrawal_a, detail="another withdrawal")
+    try:
+        a, b = FindingStore(first), FindingStore(second)
+        async with first.transaction(), second.transaction():
+            await second.execute("SET LOCAL lock_timeout = '2s'")
+            await a.share_versions([1])
+            await b.share_versions([1])
+            mine = Contribution(withdrawal_a, "s0", CATEGORIES[0], 1, ("s0-r1",))
+            await a.refresh(await a.reconcile([mine], {}, lock=True))
+            theirs = Contribution(withdrawal_b, "s1", CATEGORIES[0], 2, ("s1-r1", "s1-r2"))
+            await b.refresh(await b.reconcile([theirs], {}, lock=True))  # no wait
+
+            for blocked in (
+                lambda s: s.lock_versions([1]),  # an evaluation of the version
+                lambda s: s.reconcile(  # the same finding, from another consumer
+                    [Contribution(withdrawal_a, "s2", CATEGORIES[0], 1, ("s2-r1",))], {}, lock=True
+                ),
+            ):
+                async with third.transaction():
+                    await third.execute("SET LOCAL lock_timeout = '200ms'")
+                    with pytest.raises(asyncpg.LockNotAvailableError):
+                        await blocked(FindingStore(third))
+        findings = await stored_findings(first)
+        assert {f.finding_id: f.affected_records for f in findings.values()} == {
+            withdrawal_a.finding_id: 1,
+            withdrawal_b.finding_id: 2,
+        }
+    finally:
+        for connection in (first, second, third):
+            await connection.close()

@@ -1,10 +1,15 @@
 """Findings storage: uses to judge, contributions, findings and their history. SQL only.
 
-Concurrency (one rule, two locks):
+Concurrency (advisory locks, transaction-scoped):
 
-- Whoever changes the contributions of a dataset version holds its advisory lock
-  (``lock_versions``, in id order), so two transactions never recompute one finding's
-  totals from different states.
+- A whole-version evaluation holds its dataset version's lock exclusively
+  (``lock_versions``). A consent transaction holds the lock of every version its subjects
+  are in *shared* (``share_versions``) before it reads their contributions, so the two
+  never interleave, while consent transactions (several consumers) run side by side.
+- Among consent transactions, whoever changes a finding's contributions holds that
+  finding's lock (``reconcile(lock=True)``, in key order, only for the findings it changes),
+  so two transactions never recompute one finding's totals from different states; a
+  batch that changes nothing takes none.
 - A consent transaction holds the *evaluation gate* shared from before it reads anything;
   a whole-version evaluation first passes the gate exclusively (``pass_gate``), outside its
   own transaction. Every consent transaction that could have missed a newly sealed version
@@ -26,6 +31,7 @@ from services.registry.domain.findings import (
     EVENT_SAMPLE_SIZE,
     SAMPLE_SIZE,
     Contribution,
+    FindingCause,
     FindingTotals,
     SubjectUse,
     finding_body,
@@ -57,6 +63,9 @@ ContributionKey = tuple[str, int, UUID, str]
 class FindingStore:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+        self._causes: dict[UUID, FindingCause] = {}
+        """The cause of every finding ``reconcile`` gave a contribution to: ``refresh``
+        builds the body of a finding not stored yet from it."""
 
     # --- locks ---------------------------------------------------------------------
 
@@ -75,6 +84,26 @@ class FindingStore:
             sorted(set(version_ids)),
         )
 
+    async def share_versions(self, version_ids: Iterable[int]) -> None:
+        """Wait for any evaluation of these versions, and keep new ones out until commit."""
+        ids = sorted(set(version_ids))
+        if ids:
+            await self._conn.execute(
+                "SELECT pg_advisory_xact_lock_shared($1 + id)"
+                " FROM unnest($2::bigint[]) AS id ORDER BY id",
+                _VERSION_LOCK,
+                ids,
+            )
+
+    async def _lock_findings(self, finding_ids: Iterable[UUID]) -> None:
+        # Keys from the ids' first 64 bits; a collision only makes two findings wait on
+        # each other. Ordered, so two transactions never wait on each other in a cycle.
+        keys = sorted({int.from_bytes(f.bytes[:8], "big", signed=True) for f in finding_ids})
+        if keys:
+            await self._conn.execute(
+                "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k", keys
+            )
+
     # --- uses ----------------------------------------------------------------------
 
     async def uses_of_subjects(self, subject_ids: Sequence[str]) -> list[SubjectUse]:
@@ -92,7 +121,8 @@ class FindingStore:
             """,
             list(subject_ids),
         )
-        return [_use(row, row) for row in rows]
+        refs: dict[int, DatasetRef] = {}
+        return [_use(row, row, refs) for row in rows]
 
     async def version(self, version_id: int) -> dict[str, Any] | None:
         row = await self._conn.fetchrow(
@@ -122,13 +152,14 @@ class FindingStore:
         )
         batch: list[SubjectUse] = []
         subjects = 0
+        refs: dict[int, DatasetRef] = {}
         async for row in cursor:
             if batch and row["subject_id"] != batch[-1].subject_id:
                 subjects += 1
                 if subjects >= slice_subjects:
                     yield batch
                     batch, subjects = [], 0
-            batch.append(_use(version, row))
+            batch.append(_use(version, row, refs))
         if batch:
             yield batch
 
@@ -173,8 +204,13 @@ class FindingStore:
         self,
         desired: Sequence[Contribution],
         stored: dict[ContributionKey, StoredContribution],
+        *,
+        lock: bool = False,
     ) -> set[UUID]:
-        """Make the stored contributions the desired ones; returns the findings touched."""
+        """Make the stored contributions the desired ones; returns the findings touched.
+
+        ``lock``: first take the lock of each finding touched (a consent transaction; an
+        evaluation holds its version exclusively instead)."""
         wanted = {c.key: c for c in desired}
         changed = [
             c
@@ -183,6 +219,9 @@ class FindingStore:
             or (s.records, s.sample, s.events) != (c.records, c.sample, c.events)
         ]
         gone = [key for key in stored if key not in wanted]
+        touched = {c.cause.finding_id for c in changed} | {key[2] for key in gone}
+        if lock:
+            await self._lock_findings(touched)
         if gone:
             await self._conn.execute(
                 """
@@ -194,8 +233,9 @@ class FindingStore:
                 """,
                 *(list(column) for column in zip(*gone, strict=True)),
             )
+        for c in changed:
+            self._causes.setdefault(c.cause.finding_id, c.cause)
         if changed:
-            await self._create_findings(changed)
             await self._conn.execute(
                 """
                 INSERT INTO finding_contributions AS c
@@ -218,121 +258,114 @@ class FindingStore:
                 [json.dumps(c.sample) for c in changed],
                 [json.dumps([str(e) for e in c.events]) for c in changed],
             )
-        return {c.cause.finding_id for c in changed} | {key[2] for key in gone}
-
-    async def _create_findings(self, contributions: Sequence[Contribution]) -> None:
-        """A row for each finding not known yet, its body built from its first contribution
-        (``refresh`` then sets the totals)."""
-        first: dict[UUID, Contribution] = {}
-        for c in contributions:
-            first.setdefault(c.cause.finding_id, c)
-        bodies = [
-            finding_body(c.cause, FindingTotals(c.records, 1, c.sample, c.events))
-            for c in first.values()
-        ]
-        await self._conn.executemany(
-            """
-            INSERT INTO findings (finding_id, dataset_version_id, namespace, name, version,
-                status, severity, reason, policy_id, policy_version, detected_at, body)
-            VALUES ($1, $2, $3, $4, $5, 'new', $6, $7, $8, $9, $10, $11)
-            ON CONFLICT (finding_id) DO NOTHING
-            """,
-            [
-                (
-                    b.finding_id,
-                    first[b.finding_id].cause.dataset_version_id,
-                    b.dataset.namespace,
-                    b.dataset.name,
-                    b.dataset.version,
-                    b.severity.value,
-                    b.reason.value,
-                    b.policy_id,
-                    b.policy_version,
-                    b.detected_at,
-                    b.model_dump(mode="json"),
-                )
-                for b in bodies
-            ],
-        )
+        return touched
 
     async def refresh(
         self, finding_ids: Iterable[UUID], trace_id: str | None = None
     ) -> list[tuple[DatasetFinding, int]]:
         """Recompute the findings' totals from their contributions; store and return those
-        whose published state changes, each with its history sequence number."""
+        whose published state changes, each with its history sequence number.
+
+        A finding not stored yet is created here, its body built once, from the cause
+        ``reconcile`` saw (one body per finding, not one per contribution)."""
         ids = sorted(set(finding_ids))
         if not ids:
             return []
         rows = await self._conn.fetch(
             f"""
-            SELECT f.finding_id, f.status, f.body::text AS body, t.records, t.subjects,
+            SELECT t.finding_id, f.status, f.body::text AS body, tot.records, tot.subjects,
                    ARRAY(SELECT DISTINCT x FROM finding_contributions c2,
                                 unnest(c2.sample) AS x
-                         WHERE c2.finding_id = f.finding_id
+                         WHERE c2.finding_id = t.finding_id
                          ORDER BY x LIMIT {SAMPLE_SIZE}) AS sample,
                    ARRAY(SELECT DISTINCT e FROM finding_contributions c3,
                                 unnest(c3.events) AS e
-                         WHERE c3.finding_id = f.finding_id
+                         WHERE c3.finding_id = t.finding_id
                          ORDER BY e LIMIT {EVENT_SAMPLE_SIZE}) AS events
-            FROM findings f
+            FROM unnest($1::uuid[]) AS t(finding_id)
+            LEFT JOIN findings f ON f.finding_id = t.finding_id
             CROSS JOIN LATERAL (
                 SELECT coalesce(sum(c.records), 0) AS records,
                        count(DISTINCT c.subject_id) AS subjects
-                FROM finding_contributions c WHERE c.finding_id = f.finding_id
-            ) t
-            WHERE f.finding_id = ANY($1::uuid[])
-            ORDER BY f.finding_id
+                FROM finding_contributions c WHERE c.finding_id = t.finding_id
+            ) tot
+            ORDER BY t.finding_id
             """,
             ids,
         )
-        changed: list[DatasetFinding] = []
+        changed: list[tuple[DatasetFinding, int | None]] = []
         for row in rows:
+            totals = FindingTotals(
+                int(row["records"]),
+                int(row["subjects"]),
+                tuple(row["sample"]),
+                tuple(UUID(int=e.int) for e in row["events"]),
+            )
+            if row["status"] is None:  # not stored yet
+                cause = self._causes.get(row["finding_id"])
+                if totals.records == 0 or cause is None:
+                    continue
+                changed.append((finding_body(cause, totals), cause.dataset_version_id))
+                continue
             previous = DatasetFinding.model_validate_json(row["body"])
-            if row["records"] == 0:
+            if totals.records == 0:
                 if row["status"] != FindingStatus.ACTIVE.value:
                     continue  # never published, or already retracted
                 body = previous.model_copy(update={"status": FindingStatus.RETRACTED})
             else:
-                body = _with_totals(
-                    previous,
-                    FindingTotals(
-                        int(row["records"]),
-                        int(row["subjects"]),
-                        tuple(row["sample"]),
-                        tuple(UUID(int=e.int) for e in row["events"]),
-                    ),
-                )
+                body = _with_totals(previous, totals)
                 if row["status"] == body.status.value and body == previous:
                     continue
-            changed.append(body)
+            changed.append((body, None))
         if not changed:
             return []
-        bodies = [b.model_dump_json() for b in changed]
+        bodies = [b for b, _ in changed]
         rows = await self._conn.fetch(
             """
             WITH changed AS (
                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::integer[],
-                                     $5::integer[]) WITH ORDINALITY
-                    AS c(finding_id, body, status, records, subjects, n)
-            ), updated AS (
-                UPDATE findings f SET body = c.body::jsonb, status = c.status,
-                    affected_records = c.records, affected_subjects = c.subjects,
-                    trace_id = $6, updated_at = now()
-                FROM changed c WHERE f.finding_id = c.finding_id
+                                     $5::integer[], $6::bigint[], $7::text[], $8::text[],
+                                     $9::text[], $10::text[], $11::text[], $12::text[],
+                                     $13::text[], $14::timestamptz[]) WITH ORDINALITY
+                    AS c(finding_id, body, status, records, subjects, dataset_version_id,
+                         namespace, name, version, severity, reason, policy_id,
+                         policy_version, detected_at, n)
+            ), stored AS (
+                INSERT INTO findings AS f (finding_id, dataset_version_id, namespace, name,
+                    version, status, severity, reason, policy_id, policy_version, detected_at,
+                    body, affected_records, affected_subjects, trace_id)
+                SELECT finding_id, dataset_version_id, namespace, name, version, status,
+                       severity, reason, policy_id, policy_version, detected_at, body::jsonb,
+                       records, subjects, $15
+                FROM changed
+                ON CONFLICT (finding_id) DO UPDATE
+                    SET body = excluded.body, status = excluded.status,
+                        affected_records = excluded.affected_records,
+                        affected_subjects = excluded.affected_subjects,
+                        trace_id = excluded.trace_id, updated_at = now()
             )
             INSERT INTO finding_events (finding_id, status, body)
             SELECT finding_id, status, body::jsonb FROM changed ORDER BY n
             RETURNING finding_id, seq
             """,
-            [b.finding_id for b in changed],
-            bodies,
-            [b.status.value for b in changed],
-            [b.affected_records for b in changed],
-            [b.affected_subjects for b in changed],
+            [b.finding_id for b in bodies],
+            [b.model_dump_json() for b in bodies],
+            [b.status.value for b in bodies],
+            [b.affected_records for b in bodies],
+            [b.affected_subjects for b in bodies],
+            [version_id for _, version_id in changed],
+            [b.dataset.namespace for b in bodies],
+            [b.dataset.name for b in bodies],
+            [b.dataset.version for b in bodies],
+            [b.severity.value for b in bodies],
+            [b.reason.value for b in bodies],
+            [b.policy_id for b in bodies],
+            [b.policy_version for b in bodies],
+            [b.detected_at for b in bodies],
             trace_id,
         )
         seqs = {r["finding_id"]: int(r["seq"]) for r in rows}
-        return [(b, seqs[b.finding_id]) for b in changed]
+        return [(b, seqs[b.finding_id]) for b in bodies]
 
     # --- jobs ------------------------------------------------------------------------
 
@@ -459,12 +492,17 @@ class FindingStore:
         ]
 
 
-def _use(version: Any, row: Any) -> SubjectUse:
-    return SubjectUse(
-        dataset_version_id=version["dataset_version_id"],
-        dataset=DatasetRef(
+def _use(version: Any, row: Any, refs: dict[int, DatasetRef]) -> SubjectUse:
+    """``refs``: each version's DatasetRef, validated once per query, not once per use."""
+    version_id = version["dataset_version_id"]
+    ref = refs.get(version_id)
+    if ref is None:
+        ref = refs[version_id] = DatasetRef(
             namespace=version["namespace"], name=version["name"], version=version["version"]
-        ),
+        )
+    return SubjectUse(
+        dataset_version_id=version_id,
+        dataset=ref,
         purpose=version["purpose"],
         sealed_at=version["sealed_at"],
         used_at=version["used_at"],

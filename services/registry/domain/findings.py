@@ -33,7 +33,7 @@ import heapq
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from uuid import UUID, uuid5
 
@@ -47,6 +47,7 @@ from contracts.events import (
     Severity,
 )
 from contracts.policy import PolicyDocument, PolicyRule, WithdrawalRequires
+from contracts.vocabulary import ConsentMechanism
 from services.eligibility import (
     Reason,
     Use,
@@ -239,77 +240,149 @@ def judge(
 ) -> list[Contribution]:
     """Every contribution the uses make to findings, given each subject's whole history.
 
-    Subjects absent from ``histories`` have none: their uses are decided by the policy
-    alone (defaults, lawful bases), memoised per (dataset version, policy version,
-    jurisdiction, category).
+    The engine runs once per *shape* of a judgement, not per use: (policy version, the
+    use's purpose, time of use, jurisdiction and category, and the subject's history as the
+    engine sees it, see ``_shape``). Subjects with the same shape (every subject without
+    history; every subject granted once before the use, then withdrawn after it) share
+    one verdict, bound to their own events and records afterwards.
     """
     contributions: list[Contribution] = []
-    memo: dict[tuple[int, str, str, str, str], list[Contribution]] = {}
+    verdicts: dict[tuple[object, ...], _Verdict] = {}
+    ordered: dict[str, tuple[ConsentEvent, ...]] = {}
+    causes: dict[tuple[object, ...], FindingCause] = {}
     for use in uses:
-        history = histories.get(use.subject_id, ())
+        history = ordered.get(use.subject_id)
+        if history is None:
+            history = ordered[use.subject_id] = tuple(
+                sorted(histories.get(use.subject_id, ()), key=_event_order)
+            )
+        shape = _shape(history, use.used_at)
         for policy in book.readings_for(use):
-            if history:
-                contributions.extend(_judge_one(use, history, policy, book))
-                continue
             key = (
-                use.dataset_version_id,
                 policy.policy_id,
                 policy.version,
+                use.purpose,
+                use.used_at,
                 use.jurisdiction,
                 use.category,
+                shape,
             )
-            if key not in memo:
-                memo[key] = _judge_one(use, (), policy, book)
-            contributions.extend(_rebind(c, use) for c in memo[key])
+            verdict = verdicts.get(key)
+            if verdict is None:
+                verdict = verdicts[key] = _verdict(use, history, use.used_at, policy)
+            contributions.extend(_bind(verdict, use, history, policy, book, causes))
     return contributions
 
 
-def _rebind(template: Contribution, use: SubjectUse) -> Contribution:
-    """A memoised no-history contribution, for this use's subject and records."""
-    return Contribution(
-        cause=template.cause,
-        subject_id=use.subject_id,
-        category=use.category,
-        records=use.records,
-        sample=use.sample,
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    """What the engine said of one shape, with events named by their position in the
+    subject's ordered history."""
+
+    improper: tuple[str | None, Reason, tuple[int, ...], str] | None
+    """Not eligible: (rule id, reason, the deciding events, the rule's text)."""
+    withdrawals: tuple[tuple[int, Severity, str | None, str], ...] = ()
+    """Eligible: each later withdrawal that reaches the use and requires something
+    (event, severity, rule id, the rule's text)."""
+
+
+_CANONICAL_SUBJECT = "~"
+_EventShape = tuple[bool, ConsentState, ConsentMechanism, str, tuple[str, ...]]
+"""Effective by the time of use, state, mechanism, purpose, categories."""
+
+
+def _event_order(event: ConsentEvent) -> tuple[datetime, datetime, UUID]:
+    return (event.effective_at, event.recorded_at, event.consent_event_id)
+
+
+def _shape(history: Sequence[ConsentEvent], used_at: datetime) -> tuple[_EventShape, ...]:
+    """The history as the engine reads it for a use at ``used_at`` (with every recorded
+    fact known): the order of the events, whether each is effective by the time of use,
+    and what each says (state, mechanism, purpose, categories). Subject, ids and times
+    beyond that order take no part in a verdict (they are bound in afterwards)."""
+    return tuple(
+        (e.effective_at <= used_at, e.state, e.mechanism, e.purpose, e.data_categories)
+        for e in history
     )
 
 
-def _judge_one(
-    use: SubjectUse, history: Sequence[ConsentEvent], policy: PolicyDocument, book: PolicyBook
-) -> list[Contribution]:
-    published_at = book.published_at(policy)
-    decision = evaluate(history, policy, use.use())
-    if not decision.eligible:
-        cause = FindingCause(
-            dataset_version_id=use.dataset_version_id,
-            dataset=use.dataset,
-            policy_id=policy.policy_id,
-            policy_version=policy.version,
-            reason=FindingReason.IMPROPER_USE,
-            severity=IMPROPER_USE_SEVERITY,
-            rule_id=decision.rule_id,
-            detail=decision.reason.value,
-            rule=_improper_rule_text(policy, decision.rule_id, decision.reason),
-            detected_at=max(use.sealed_at, published_at),
-        )
-        return [
-            Contribution(
-                cause,
-                use.subject_id,
-                use.category,
-                use.records,
-                use.sample,
-                tuple(sorted(decision.consent_event_ids)),
+def _verdict(
+    use: SubjectUse, history: Sequence[ConsentEvent], used_at: datetime, policy: PolicyDocument
+) -> _Verdict:
+    """Ask the engine about the canonical form of ``history`` (ordered, as ``_shape``
+    reads it): event ``i`` gets id ``UUID(int=i + 1)``, the subject ``~`` and times that
+    keep the order and the side of the time of use, so that the verdict holds for every
+    history of the same shape."""
+    before = sum(1 for e in history if e.effective_at <= used_at)
+    canonical = []
+    for i, event in enumerate(history):
+        at = used_at + timedelta(microseconds=i - before + (0 if i < before else 1))
+        canonical.append(
+            event.model_copy(
+                update={
+                    "consent_event_id": UUID(int=i + 1),
+                    "subject_id": _CANONICAL_SUBJECT,
+                    "effective_at": at,
+                    "recorded_at": at,
+                }
             )
-        ]
-    contributions = []
-    for event in history:
+        )
+    probe = Use(
+        subject_id=_CANONICAL_SUBJECT,
+        jurisdiction=use.jurisdiction,
+        purpose=use.purpose,
+        category=use.category,
+        used_at=use.used_at,
+    )
+    decision = evaluate(canonical, policy, probe)
+    if not decision.eligible:
+        deciding = tuple(e.int - 1 for e in decision.consent_event_ids)
+        text = _improper_rule_text(policy, decision.rule_id, decision.reason)
+        return _Verdict((decision.rule_id, decision.reason, deciding, text))
+    withdrawals = []
+    for i, event in enumerate(canonical):
         if event.state is not ConsentState.WITHDRAWN:
             continue
-        outcome = withdrawal_requirement(policy, use.use(), event)
+        outcome = withdrawal_requirement(policy, probe, event)
         if outcome is None or (severity := _SEVERITY.get(outcome.requires)) is None:
             continue  # not reached, or the rule requires nothing of trained models
+        text = _withdrawal_rule_text(policy, outcome.rule_id, outcome.requires, outcome.erasure)
+        withdrawals.append((i, severity, outcome.rule_id, text))
+    return _Verdict(None, tuple(withdrawals))
+
+
+def _bind(
+    verdict: _Verdict,
+    use: SubjectUse,
+    history: Sequence[ConsentEvent],
+    policy: PolicyDocument,
+    book: PolicyBook,
+    causes: dict[tuple[object, ...], FindingCause],
+) -> list[Contribution]:
+    """The verdict's contributions for this use's subject, events and records."""
+    published_at = book.published_at(policy)
+    if verdict.improper is not None:
+        rule_id, reason, deciding, text = verdict.improper
+        key = (use.dataset_version_id, policy.policy_id, policy.version, rule_id, reason)
+        cause = causes.get(key)
+        if cause is None:
+            cause = causes[key] = FindingCause(
+                dataset_version_id=use.dataset_version_id,
+                dataset=use.dataset,
+                policy_id=policy.policy_id,
+                policy_version=policy.version,
+                reason=FindingReason.IMPROPER_USE,
+                severity=IMPROPER_USE_SEVERITY,
+                rule_id=rule_id,
+                detail=reason.value,
+                rule=text,
+                detected_at=max(use.sealed_at, published_at),
+            )
+        events = tuple(sorted(history[i].consent_event_id for i in deciding))
+        return [Contribution(cause, use.subject_id, use.category, use.records, use.sample, events)]
+    contributions = []
+    for i, severity, rule_id, text in verdict.withdrawals:
+        event = history[i]
         cause = FindingCause(
             dataset_version_id=use.dataset_version_id,
             dataset=use.dataset,
@@ -317,9 +390,9 @@ def _judge_one(
             policy_version=policy.version,
             reason=FindingReason.LATER_WITHDRAWAL,
             severity=severity,
-            rule_id=outcome.rule_id,
+            rule_id=rule_id,
             detail=str(event.consent_event_id),
-            rule=_withdrawal_rule_text(policy, outcome.rule_id, outcome.requires, outcome.erasure),
+            rule=text,
             detected_at=max(use.sealed_at, published_at, event.recorded_at),
             cause_event_ids=(event.consent_event_id,),
         )

@@ -70,7 +70,10 @@ async def enqueue_for_policy(uow: UnitOfWork, change: PolicyChange) -> int:
 
 
 async def reevaluate_subjects(uow: UnitOfWork, subject_ids: Sequence[str]) -> int:
-    """Re-judge every use of these subjects; returns how many findings changed."""
+    """Re-judge every use of these subjects; returns how many findings changed.
+
+    Several consumers may run this at once: it holds the subjects' versions shared and
+    locks only the findings it changes (see ``adapters.findings``)."""
     if not subject_ids:
         return 0
     conn = uow.connection
@@ -78,14 +81,20 @@ async def reevaluate_subjects(uow: UnitOfWork, subject_ids: Sequence[str]) -> in
     await store.enter_gate()
     subjects = sorted(set(subject_ids))
     uses = await store.uses_of_subjects(subjects)
+    versions = {u.dataset_version_id for u in uses}
+    await store.share_versions(versions)
     stored = await store.contributions_of_subjects(subjects)
     if not uses and not stored:
         return 0
-    await store.lock_versions({u.dataset_version_id for u in uses} | {k[1] for k in stored})
+    if extra := {k[1] for k in stored} - versions:
+        # Contributions in versions that no longer hold the subjects' records (purged):
+        # read again once no evaluation of those versions can be writing them.
+        await store.share_versions(extra)
+        stored = await store.contributions_of_subjects(subjects)
     repo = RegistryRepository(conn)
     histories = await repo.histories(sorted({u.subject_id for u in uses}))
     book = await _policy_book(repo)
-    return await _settle(uow, store, judge(uses, histories, book), stored)
+    return await _settle(uow, store, judge(uses, histories, book), stored, lock=True)
 
 
 _BOOK: tuple[tuple[int, object], PolicyBook] | None = None
@@ -155,8 +164,10 @@ async def _settle(
     store: FindingStore,
     desired: Sequence[Contribution],
     stored: dict[ContributionKey, StoredContribution],
+    *,
+    lock: bool = False,
 ) -> int:
-    touched = await store.reconcile(desired, stored)
+    touched = await store.reconcile(desired, stored, lock=lock)
     changed = await store.refresh(touched, current_trace_id())
     for finding, seq in changed:
         _publish(uow, finding, seq)

@@ -33,7 +33,7 @@ from contracts.policy import (
     WithdrawalRequires,
 )
 from contracts.vocabulary import ConsentMechanism, ConsentState
-from services.eligibility import covers
+from services.eligibility import covers, evaluate, withdrawal_requirement
 from services.registry.domain.findings import (
     IMPROPER_USE_SEVERITY,
     SAMPLE_SIZE,
@@ -484,3 +484,94 @@ def test_findings_are_a_function_of_the_facts_and_count_every_judged_record(
         assert key in judged
         assert reasons in ({FindingReason.IMPROPER_USE}, {FindingReason.LATER_WITHDRAWAL})
     assert len({f.finding_id for f in findings}) == len(findings)
+
+
+def engine_contributions(
+    uses: list[SubjectUse], histories: dict[str, list[ConsentEvent]], book: PolicyBook
+) -> set[tuple[Any, ...]]:
+    """What the engine says of each use on its own, asked once per use and event (the
+    reference ``judge``'s shared verdicts must equal)."""
+    out: set[tuple[Any, ...]] = set()
+    for u in uses:
+        history = histories.get(u.subject_id, [])
+        for reading in book.readings_for(u):
+            decision = evaluate(history, reading, u.use())
+            if not decision.eligible:
+                deciding = tuple(sorted(decision.consent_event_ids))
+                use = (u.subject_id, u.dataset.key, u.category)
+                out.add((*use, "improper", decision.rule_id, decision.reason.value, deciding))
+                continue
+            for e in history:
+                outcome = withdrawal_requirement(reading, u.use(), e)
+                if outcome is not None and outcome.requires is not WithdrawalRequires.NONE:
+                    use = (u.subject_id, u.dataset.key, u.category)
+                    requires = outcome.requires.value
+                    out.add((*use, "later", outcome.rule_id, requires, (e.consent_event_id,)))
+    return out
+
+
+def judged(contributions: list[Contribution]) -> set[tuple[Any, ...]]:
+    out: set[tuple[Any, ...]] = set()
+    for c in contributions:
+        improper = c.cause.reason is FindingReason.IMPROPER_USE
+        detail = c.cause.detail if improper else c.cause.severity.value.removesuffix("_required")
+        use = (c.subject_id, c.cause.dataset.key, c.category)
+        out.add((*use, "improper" if improper else "later", c.cause.rule_id, detail, c.events))
+    return out
+
+
+MECHANISMS = [ConsentMechanism.EXPLICIT_OPT_IN, ConsentMechanism.OPT_OUT]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    spec=uses_strategy,
+    history=st.lists(
+        st.tuples(
+            st.sampled_from(SUBJECTS),
+            st.sampled_from([ConsentState.GRANTED, ConsentState.WITHDRAWN]),
+            st.sampled_from(MECHANISMS),
+            st.sampled_from(["user", "user.content", "user.content.private", "user.contact"]),
+            st.sampled_from([-400, -1, 0, 1, 100, 200]),
+            st.integers(0, 2),
+        ),
+        max_size=8,
+    ),
+)
+def test_shared_verdicts_say_what_the_engine_says_of_each_use(
+    spec: list[tuple[int, str, str, int]],
+    history: list[tuple[str, ConsentState, ConsentMechanism, str, int, int]],
+) -> None:
+    """``judge`` asks the engine once per history shape; the events, their order (ties in
+    effective time broken by recording time, then id) and the side of the time of use
+    must decide exactly as asking per use does."""
+    uses = []
+    for n, (ds, category, subject, count) in enumerate(spec):
+        ref, purpose, used_at = DATASETS[ds]
+        ids = tuple(f"u{n}-{i}" for i in range(count))
+        uses.append(used(ref, category, *ids, subject=subject, purpose=purpose, used_at=used_at))
+    histories: dict[str, list[ConsentEvent]] = {}
+    for subject, state, mechanism, category, days, seconds in history:
+        at = USED + timedelta(days=days)
+        histories.setdefault(subject, []).append(
+            consent_event(
+                consent_event_id=uuid4(),
+                subject_id=subject,
+                state=state,
+                mechanism=mechanism,
+                data_categories=(category,),
+                effective_at=at,
+                recorded_at=at + timedelta(seconds=seconds),
+            )
+        )
+    book = PolicyBook(POLICIES)
+    contributions = judge(uses, histories, book)
+    assert judged(contributions) == engine_contributions(uses, histories, book)
+    sealed = {u.dataset.key: u.sealed_at for u in uses}
+    recorded = {e.consent_event_id: e.recorded_at for h in histories.values() for e in h}
+    for c in contributions:
+        known = [sealed[c.cause.dataset.key], T0]  # T0: when the policy was published
+        if c.cause.reason is FindingReason.LATER_WITHDRAWAL:
+            known.append(recorded[c.events[0]])
+            assert c.cause.cause_event_ids == c.events
+        assert c.cause.detected_at == max(known)
