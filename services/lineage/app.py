@@ -15,7 +15,7 @@ from services.lineage.entrypoints.kafka import decode_openlineage
 from services.lineage.entrypoints.models_http import router as models_router
 from services.lineage.service.executor import on_deletion_task
 from services.lineage.service.graph_cache import PRUNE_WORKER
-from services.lineage.service.handlers import on_finding, on_openlineage_event
+from services.lineage.service.handlers import on_finding, on_findings, on_openlineage_event
 from services.runtime.consumer import Subscription
 from services.runtime.host import ServiceSpec, create_broker
 from services.runtime.settings import ServiceSettings
@@ -37,7 +37,12 @@ SPEC = ServiceSpec(
             decoder=decode_openlineage,
             description="OpenLineage RunEvents as the Kafka transport writes them.",
         ),
-        Subscription(FINDINGS, on_finding, description="Dataset findings → model flags."),
+        Subscription(
+            FINDINGS,
+            on_finding,
+            batch_handler=on_findings,
+            description="Dataset findings → model flags.",
+        ),
     ),
     routers=(router, events_router, models_router, graph_router),
     workers=(PRUNE_WORKER,),

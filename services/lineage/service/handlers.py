@@ -8,18 +8,19 @@ is recorded misses none of its edges.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from uuid import uuid4
 
 from contracts.events import DatasetFinding, FindingStatus
 from contracts.openlineage import RunEvent
 from contracts.topics import MODEL_FLAGS
 from services.lineage.adapters.repository import LineageRepository
-from services.lineage.domain.propagation import flag_changes
+from services.lineage.domain.propagation import LineageEdge, flag_changes
 from services.runtime.messages import Event
 from services.runtime.telemetry import current_trace_id
 from services.runtime.unit_of_work import UnitOfWork
 
-__all__ = ["ingest_run_event", "on_finding", "on_openlineage_event"]
+__all__ = ["ingest_run_event", "on_finding", "on_findings", "on_openlineage_event"]
 
 
 async def ingest_run_event(uow: UnitOfWork, event: RunEvent) -> bool:
@@ -44,21 +45,37 @@ async def on_openlineage_event(event: Event[RunEvent], uow: UnitOfWork) -> None:
 async def on_finding(event: Event[DatasetFinding], uow: UnitOfWork) -> None:
     """Flag every model downstream of the finding's dataset version, with its evidence path;
     a retracted finding retracts the flags that rested on it."""
+    await on_findings([event], uow)
+
+
+async def on_findings(events: Sequence[Event[DatasetFinding]], uow: UnitOfWork) -> None:
+    """``on_finding`` for a fetched batch, in order, under one graph lock: the graph cannot
+    change meanwhile, so each dataset version's downstream walk is done once for all the
+    batch's findings on it (a policy re-reading sends thousands for a few versions)."""
     repo = LineageRepository(uow.connection)
     await repo.lock_graph()
-    await repo.save_finding(event.body)
-    await _sync_flags(uow, repo, event.body)
+    walks: dict[tuple[str, str, str], list[LineageEdge]] = {}
+    for event in events:
+        await repo.save_finding(event.body)
+        await _sync_flags(uow, repo, event.body, walks)
 
 
-async def _sync_flags(uow: UnitOfWork, repo: LineageRepository, finding: DatasetFinding) -> None:
+async def _sync_flags(
+    uow: UnitOfWork,
+    repo: LineageRepository,
+    finding: DatasetFinding,
+    walks: dict[tuple[str, str, str], list[LineageEdge]] | None = None,
+) -> None:
     flags_models = finding.status is FindingStatus.ACTIVE and finding.severity.flags_models
-    edges = (
-        await repo.downstream_edges(
-            finding.dataset.namespace, finding.dataset.name, finding.dataset.version
-        )
-        if flags_models
-        else []
-    )
+    edges: list[LineageEdge] = []
+    if flags_models:
+        version = (finding.dataset.namespace, finding.dataset.name, finding.dataset.version)
+        known = walks.get(version) if walks is not None else None
+        if known is None:
+            known = await repo.downstream_edges(*version)
+            if walks is not None:
+                walks[version] = known
+        edges = known
     changes = flag_changes(finding, edges, await repo.flags_of_finding(finding.finding_id))
     await repo.save_flags(changes, current_trace_id())
     for flag in changes:
