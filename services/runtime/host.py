@@ -14,16 +14,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import BrokerResponseError
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from faststream.kafka import KafkaBroker
 from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts.topics import Topic
@@ -32,6 +34,7 @@ from services.runtime.auth import AccessTable, install_access_control
 from services.runtime.backoff import backoff_delays
 from services.runtime.consumer import EventConsumer, Subscription
 from services.runtime.db import connect_pool
+from services.runtime.guards import document_error_shapes, install_input_guards
 from services.runtime.outbox import OutboxRelay
 from services.runtime.settings import ServiceSettings
 from services.runtime.telemetry import extract_from_mapping, setup_tracing, tracer
@@ -60,6 +63,9 @@ class ServiceSpec:
     webhook acknowledgement): outside the access table, never behind a key."""
     workers: Sequence[WorkerSpec] = ()
     """Background jobs of the service's own (see ``services.runtime.worker``)."""
+    streamed_bodies: Sequence[tuple[str, str]] = ()
+    """``(method, path template)`` of routes that stream their request body with limits of
+    their own: exempt from ``MAX_REQUEST_BODY_BYTES`` (see ``services.runtime.guards``)."""
     access: AccessTable | None = None
     """Every route's allowed roles (``services/<name>/access.py``, see
     ``services.runtime.auth``). Required while ``AUTH_MODE=api_keys``."""
@@ -302,8 +308,42 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
         open_routers=(health, *spec.open_routers),
         table=spec.access,
     )
+    install_input_guards(
+        app,
+        max_body_bytes=settings.max_request_body_bytes,
+        streamed_routes=_routes_of(spec.routers, spec.streamed_bodies),
+    )
     app.add_middleware(_TracingMiddleware)
     app.include_router(health)
     for router in (*spec.routers, *spec.open_routers):
         app.include_router(router)
+    _document_errors(app)
     return app
+
+
+def _routes_of(routers: Sequence[APIRouter], wanted: Sequence[tuple[str, str]]) -> list[BaseRoute]:
+    found: list[BaseRoute] = [
+        route
+        for router in routers
+        for route in router.routes
+        if isinstance(route, APIRoute)
+        and any(route.path_format == p and m in (route.methods or ()) for m, p in wanted)
+    ]
+    if len(found) != len(wanted):
+        raise ValueError(f"streamed_bodies names routes that do not exist: {wanted}")
+    return found
+
+
+def _document_errors(app: FastAPI) -> None:
+    generate: Callable[[], dict[str, Any]] = app.openapi
+    done = False
+
+    def openapi() -> dict[str, Any]:
+        nonlocal done
+        schema = generate()
+        if not done:
+            document_error_shapes(schema)
+            done = True
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
