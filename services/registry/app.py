@@ -57,11 +57,6 @@ SPEC = ServiceSpec(
         ),
     ),
     routers=(router, eligibility_router, composition_router),
-    # NDJSON streamed line by line, with record limits of their own (413 past them).
-    streamed_bodies=(
-        ("PUT", "/api/v1/dataset-versions/uploads/{upload_id}/chunks/{chunk}"),
-        ("POST", "/api/v1/dataset-versions/stream"),
-    ),
     access=ACCESS,
     publishes=(FINDINGS, TASK_RESULTS),
     workers=(EVALUATION_WORKER,),

@@ -2,13 +2,14 @@
 
 - **Body size.** A request body over ``MAX_REQUEST_BODY_BYTES`` (default 32 MiB: a
   100,000-record registration is about 26 MiB) is refused with **413** before it is read
-  whole: at once when ``Content-Length`` says so, else as soon as the streamed bytes pass
-  the limit. Routes that stream their body line by line with their own limits (the
-  registry's NDJSON uploads) are exempt.
+  whole (FastAPI's ``max_body_size``): at once when ``Content-Length`` says so, else as
+  soon as the streamed bytes pass the limit. Routes that stream their body line by line
+  with limits of their own (the registry's NDJSON uploads) set ``max_body_size`` to
+  ``STREAMED_BODY_MAX_BYTES``.
 - **Values Postgres cannot store.** Text with a NUL character (``\\u0000``), a lone UTF-16
-  surrogate (``\\ud800``), a number out of a column's range: Postgres (or the driver) refuses
-  them mid-request. That is the caller's input, not the server's fault: **422** naming the
-  problem, and the transaction is rolled back.
+  surrogate (``\\ud800``), a number out of a column's range, a key too long for its index:
+  Postgres (or the driver) refuses them mid-request. That is the caller's input, not the
+  server's fault: **422** naming the problem, and the transaction is rolled back.
 - **The 422 shape.** FastAPI's request validation answers ``{"detail": [{"loc", "msg",
   ...}]}``; a route's own refusal answers ``{"detail": "<sentence>"}``. The OpenAPI document
   says so for every 422 (both shapes), so clients and schema-driven fuzzers read it right.
@@ -17,85 +18,23 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from typing import Any, Final
 
 import asyncpg
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from starlette.routing import BaseRoute, Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
-    "BodySizeLimit",
+    "STREAMED_BODY_MAX_BYTES",
     "document_error_shapes",
     "install_input_guards",
 ]
 
 DEFAULT_MAX_BODY_BYTES: Final = 32 * 1024 * 1024
-
-
-def _too_large(limit: int) -> str:
-    return f"request body larger than {limit} bytes (MAX_REQUEST_BODY_BYTES)"
-
-
-class BodySizeLimit:
-    """ASGI middleware: 413 for a request body over ``max_bytes`` (see the module doc)."""
-
-    def __init__(self, app: ASGIApp, *, max_bytes: int, exempt: Sequence[BaseRoute]) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.exempt = tuple(exempt)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.max_bytes <= 0 or self._is_exempt(scope):
-            await self.app(scope, receive, send)
-            return
-        limit = self.max_bytes
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    await _answer(send, 400, "Content-Length is not a number")
-                    return
-                if declared > limit:
-                    await _answer(send, 413, _too_large(limit))
-                    return
-        seen = 0
-
-        async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    # Raised inside the route's body parsing: FastAPI re-raises an
-                    # HTTPException as it is, and the exception middleware answers it.
-                    raise HTTPException(413, _too_large(limit))
-            return message
-
-        await self.app(scope, counting_receive, send)
-
-    def _is_exempt(self, scope: Scope) -> bool:
-        return any(route.matches(scope)[0] is Match.FULL for route in self.exempt)
-
-
-async def _answer(send: Send, status: int, detail: str) -> None:
-    body = JSONResponse({"detail": detail}).body
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+STREAMED_BODY_MAX_BYTES: Final = 1 << 62
+"""For routes that stream their body with limits of their own (``max_body_size=`` on the
+route): FastAPI's limit out of the way."""
 
 
 async def _unstorable_value(request: Request, exc: Exception) -> JSONResponse:
@@ -117,12 +56,17 @@ async def _not_unicode(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def install_input_guards(
-    app: FastAPI, *, max_body_bytes: int, streamed_routes: Sequence[BaseRoute]
-) -> None:
-    """The body-size limit and the 422 answers for unstorable values (module doc)."""
-    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, exempt=streamed_routes)
+async def _too_large_to_store(request: Request, exc: Exception) -> JSONResponse:
+    """Postgres class 54 (program limit exceeded): e.g. a key too long for its index."""
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return JSONResponse({"detail": f"a value in the request is too large: {message[:300]}"}, 422)
+
+
+def install_input_guards(app: FastAPI) -> None:
+    """422 answers for values Postgres cannot store (see the module doc). The body-size
+    limit is FastAPI's own ``max_body_size``, set where the app is made."""
     app.add_exception_handler(asyncpg.DataError, _unstorable_value)
+    app.add_exception_handler(asyncpg.ProgramLimitExceededError, _too_large_to_store)
     app.add_exception_handler(UnicodeEncodeError, _not_unicode)
 
 

@@ -21,11 +21,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import BrokerResponseError
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from faststream.kafka import KafkaBroker
 from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts.topics import Topic
@@ -63,9 +61,6 @@ class ServiceSpec:
     webhook acknowledgement): outside the access table, never behind a key."""
     workers: Sequence[WorkerSpec] = ()
     """Background jobs of the service's own (see ``services.runtime.worker``)."""
-    streamed_bodies: Sequence[tuple[str, str]] = ()
-    """``(method, path template)`` of routes that stream their request body with limits of
-    their own: exempt from ``MAX_REQUEST_BODY_BYTES`` (see ``services.runtime.guards``)."""
     access: AccessTable | None = None
     """Every route's allowed roles (``services/<name>/access.py``, see
     ``services.runtime.auth``). Required while ``AUTH_MODE=api_keys``."""
@@ -297,7 +292,12 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
             await runtime.stop()
 
     app = FastAPI(
-        title=spec.title, description=spec.description, version="0.1.0", lifespan=lifespan
+        title=spec.title,
+        description=spec.description,
+        version="0.1.0",
+        lifespan=lifespan,
+        # 413 past it (services.runtime.guards); 0 in the setting means no limit.
+        max_body_size=settings.max_request_body_bytes or None,
     )
     health = _health_router()
     install_access_control(  # before tracing, so that tracing stays the outermost layer
@@ -308,30 +308,13 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
         open_routers=(health, *spec.open_routers),
         table=spec.access,
     )
-    install_input_guards(
-        app,
-        max_body_bytes=settings.max_request_body_bytes,
-        streamed_routes=_routes_of(spec.routers, spec.streamed_bodies),
-    )
+    install_input_guards(app)
     app.add_middleware(_TracingMiddleware)
     app.include_router(health)
     for router in (*spec.routers, *spec.open_routers):
         app.include_router(router)
     _document_errors(app)
     return app
-
-
-def _routes_of(routers: Sequence[APIRouter], wanted: Sequence[tuple[str, str]]) -> list[BaseRoute]:
-    found: list[BaseRoute] = [
-        route
-        for router in routers
-        for route in router.routes
-        if isinstance(route, APIRoute)
-        and any(route.path_format == p and m in (route.methods or ()) for m, p in wanted)
-    ]
-    if len(found) != len(wanted):
-        raise ValueError(f"streamed_bodies names routes that do not exist: {wanted}")
-    return found
 
 
 def _document_errors(app: FastAPI) -> None:

@@ -47,7 +47,7 @@ class ServiceSettings(BaseSettings):
 
     max_request_body_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
     """A larger request body is refused with 413 (0: no limit); routes that stream their
-    body with limits of their own are exempt (see ``services.runtime.guards``)."""
+    body with limits of their own set theirs (see ``services.runtime.guards``)."""
 
     retry_initial_backoff_s: float = Field(default=0.1, gt=0)
     retry_max_backoff_s: float = Field(default=10.0, gt=0)
