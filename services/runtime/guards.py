@@ -113,7 +113,9 @@ def document_error_shapes(schema: dict[str, Any]) -> dict[str, Any]:
                 continue
             content = documented.setdefault("content", {})
             media = content.setdefault("application/json", {})
-            shapes = [{"$ref": "#/components/schemas/HTTPValidationError"}, sentence]
+            shapes = [sentence]
+            if validation is not None:
+                shapes.insert(0, {"$ref": "#/components/schemas/HTTPValidationError"})
             if "schema" in media and media["schema"] not in shapes:
                 shapes.insert(0, copy.deepcopy(media["schema"]))
             media["schema"] = {"anyOf": shapes}
