@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SERVICES := consent registry lineage deletion
 
-.PHONY: help install dev demo walkthrough stop status test test-unit lint format schemas asyncapi bench clean
+.PHONY: help install dev demo walkthrough stop status test test-unit lint format schemas asyncapi bench fuzz clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -63,6 +63,10 @@ schemas: install  ## regenerate contracts/schemas and contracts/asyncapi from th
 
 bench: install  ## withdrawal → model flag latency and throughput on the embedded stack
 	$(BIN)/python bench/withdrawal_latency.py
+
+fuzz: install  ## longer hostile-input run: schemathesis on every HTTP operation, random seed
+	FUZZ_MAX_EXAMPLES=$${FUZZ_MAX_EXAMPLES:-200} FUZZ_RANDOM=1 $(BIN)/pytest -q \
+	  tests/integration/test_hostile_http.py -k fuzzing --timeout=0
 
 clean: stop
 	rm -rf .dev

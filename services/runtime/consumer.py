@@ -14,6 +14,7 @@ For each record, in order:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,7 +34,7 @@ from opentelemetry.trace import Link, Span, SpanKind, get_current_span
 from contracts.topics import Topic
 from services.runtime import metrics
 from services.runtime.backoff import backoff_delays
-from services.runtime.errors import PermanentError, is_transient
+from services.runtime.errors import PermanentError, is_transient, unstorable
 from services.runtime.messages import Event, decode_event
 from services.runtime.outbox import OutboxMessage
 from services.runtime.settings import ServiceSettings
@@ -105,6 +106,7 @@ class EventConsumer:
             session_timeout_ms=s.kafka_session_timeout_ms,
             heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
             max_poll_records=s.kafka_max_poll_records,
+            parser=_tolerant_parser,
             decoder=_undecoded,
             title=f"{s.service_name}:{subscription.topic.name}",
             description=(
@@ -243,6 +245,8 @@ class EventConsumer:
             except PermanentError as exc:
                 return await self._dead_letter(record, exc, event)
             except Exception as exc:
+                if (refused := unstorable(exc)) is not None:
+                    return await self._dead_letter(record, refused, event)
                 if is_transient(exc):
                     kind = "transient"
                 else:
@@ -363,6 +367,30 @@ def _batch_span(
             "messaging.batch.message_count": len(records),
         },
     )
+
+
+async def _tolerant_parser(
+    records: tuple[ConsumerRecord[bytes, bytes], ...] | ConsumerRecord[bytes, bytes],
+    original: Callable[[Any], Awaitable[StreamMessage[Any]]],
+) -> StreamMessage[Any]:
+    """FastStream decodes every header as UTF-8 before any handler runs: one header that is
+    not UTF-8 (or has no value) would fail the whole fetched batch, unseen by our
+    dead-lettering, and the batch would be skipped. Parse copies with readable headers,
+    then hand our consumer the original records, bytes untouched."""
+    try:
+        return await original(records)
+    except (UnicodeDecodeError, AttributeError):
+        batch = records if isinstance(records, tuple | list) else (records,)
+        readable = tuple(
+            dataclasses.replace(
+                r,
+                headers=[(k, (v or b"").decode("utf-8", "replace").encode()) for k, v in r.headers],
+            )
+            for r in batch
+        )
+        message = await original(readable if isinstance(records, tuple | list) else readable[0])
+        message.raw_message = records
+        return message
 
 
 async def _undecoded(message: StreamMessage[Any]) -> bytes:

@@ -2,7 +2,8 @@
 
 Exception
 ├── PermanentError          the message can never succeed: dead-letter it
-│   └── ContractViolation   the bytes or headers break the contract
+│   ├── ContractViolation   the bytes or headers break the contract
+│   └── UnstorableValue     Postgres refuses a value of it (NUL in text, a key too long…)
 └── (transient, see is_transient) database/broker unreachable: retry forever
 """
 
@@ -13,7 +14,13 @@ import asyncio
 import asyncpg
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-__all__ = ["ContractViolation", "PermanentError", "is_transient"]
+__all__ = [
+    "ContractViolation",
+    "PermanentError",
+    "UnstorableValue",
+    "is_transient",
+    "unstorable",
+]
 
 
 class PermanentError(Exception):
@@ -26,6 +33,21 @@ class ContractViolation(PermanentError):
     """The message does not parse or violates its contract."""
 
     reason = "contract_violation"
+
+
+class UnstorableValue(PermanentError):
+    """Postgres refused a value the message carries: the same bytes fail every time."""
+
+    reason = "unstorable_value"
+
+
+def unstorable(exc: BaseException) -> UnstorableValue | None:
+    """An :class:`UnstorableValue` for a Postgres data exception (class 22: ``\\u0000`` in
+    text, a number out of range…) or program limit (class 54: a key too long for its
+    index); None for anything else."""
+    if isinstance(exc, asyncpg.DataError | asyncpg.ProgramLimitExceededError):
+        return UnstorableValue(f"{type(exc).__name__}: {exc}")
+    return None
 
 
 _TRANSIENT_SQLSTATES = {

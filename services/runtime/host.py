@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -33,6 +33,7 @@ from services.runtime.auth import AccessTable, install_access_control
 from services.runtime.backoff import backoff_delays
 from services.runtime.consumer import EventConsumer, Subscription
 from services.runtime.db import connect_pool
+from services.runtime.guards import document_error_shapes, install_input_guards
 from services.runtime.outbox import OutboxRelay
 from services.runtime.settings import ServiceSettings
 from services.runtime.telemetry import extract_from_mapping, setup_tracing, tracer
@@ -297,7 +298,12 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
             await runtime.stop()
 
     app = FastAPI(
-        title=spec.title, description=spec.description, version="0.1.0", lifespan=lifespan
+        title=spec.title,
+        description=spec.description,
+        version="0.1.0",
+        lifespan=lifespan,
+        # 413 past it (services.runtime.guards); 0 in the setting means no limit.
+        max_body_size=settings.max_request_body_bytes or None,
     )
     health = _health_router()
     install_access_control(  # before tracing, so that tracing stays the outermost layer
@@ -308,8 +314,25 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
         open_routers=(health, *spec.open_routers),
         table=spec.access,
     )
+    install_input_guards(app)
     app.add_middleware(_TracingMiddleware)
     app.include_router(health)
     for router in (*spec.routers, *spec.open_routers):
         app.include_router(router)
+    _document_errors(app)
     return app
+
+
+def _document_errors(app: FastAPI) -> None:
+    generate: Callable[[], dict[str, Any]] = app.openapi
+    done = False
+
+    def openapi() -> dict[str, Any]:
+        nonlocal done
+        schema = generate()
+        if not done:
+            document_error_shapes(schema)
+            done = True
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, HTTPException
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import AfterValidator, BeforeValidator, ValidationError
 
 from contracts.base import DatasetRef
 
@@ -22,7 +22,14 @@ def optional_version(
         return None
     if namespace is None or name is None or version is None:
         raise HTTPException(422, "give namespace, name and version together, or none of them")
-    return DatasetRef(namespace=namespace, name=name, version=version)
+    try:
+        return DatasetRef(namespace=namespace, name=name, version=version)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        raise HTTPException(422, f"not a dataset or model version: {problems}") from None
 
 
 VersionFilter = Annotated[DatasetRef | None, Depends(optional_version)]

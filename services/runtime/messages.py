@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -75,11 +76,20 @@ def decode_event(
         )
     if value is None:
         raise ContractViolation("empty message body (tombstone) on an event topic")
+    if b"\\u0000" in value and _NUL_ESCAPE.search(value):
+        raise ContractViolation(
+            "the body holds a NUL character (\\u0000), which no text in a contract may hold"
+        )
     try:
         body = topic.model.model_validate_json(value)
     except ValidationError as exc:
         raise ContractViolation(_short(exc)) from exc
     return Event(envelope, body, topic.name, partition, offset, key)
+
+
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+"""``\\u0000`` in JSON text (an odd run of backslashes before ``u0000``): Postgres stores no
+NUL in text or jsonb, so such a body is refused here rather than by the database."""
 
 
 def _short(exc: ValidationError) -> str:

@@ -45,6 +45,10 @@ class ServiceSettings(BaseSettings):
     http_keep_alive_s: float = Field(default=65.0, gt=0)
     """Idle HTTP keep-alive; above common client/proxy expiries (5 s races httpx's)."""
 
+    max_request_body_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
+    """A larger request body is refused with 413 (0: no limit); routes that stream their
+    body with limits of their own set theirs (see ``services.runtime.guards``)."""
+
     retry_initial_backoff_s: float = Field(default=0.1, gt=0)
     retry_max_backoff_s: float = Field(default=10.0, gt=0)
     handler_max_attempts: int = Field(default=5, ge=1)

@@ -69,6 +69,7 @@ from services.registry.service.registration import (
     seal_upload,
     upload_status,
 )
+from services.runtime.guards import STREAMED_BODY_MAX_BYTES
 from services.runtime.host import RuntimeDep
 from services.runtime.http import VersionFilter
 
@@ -166,6 +167,7 @@ async def post_upload(header: DatasetVersionHeader, runtime: RuntimeDep) -> Any:
         422: _E422,
     },
     openapi_extra=_NDJSON_BODY,
+    max_body_size=STREAMED_BODY_MAX_BYTES,  # streamed, with record limits of its own
 )
 async def put_upload_chunk(
     upload_id: UUID,
@@ -254,6 +256,7 @@ async def delete_upload(upload_id: UUID, runtime: RuntimeDep) -> Response:
     response_model=DatasetVersionResponse,
     responses={409: _E409, 413: _E413, 422: _E422},
     openapi_extra=_NDJSON_BODY,
+    max_body_size=STREAMED_BODY_MAX_BYTES,  # streamed, with record limits of its own
 )
 async def post_stream(request: Request, runtime: RuntimeDep) -> Any:
     """Register a dataset version in one request: NDJSON whose line 1 is the header
