@@ -26,6 +26,7 @@ WHY_NOT = unavailable_reason()
 
 
 @pytest.mark.skipif(WHY_NOT is not None, reason=f"no private Postgres cluster: {WHY_NOT}")
+@pytest.mark.timeout(420)  # ~2 min here with a load of 10 on 2 CPUs; above the suite's 300 s
 async def test_sigkills_and_a_postgres_restart_lose_nothing_and_double_nothing(
     tmp_path: Path,
 ) -> None:
