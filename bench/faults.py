@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                 "stream_s": report.stream_s,
                 "settle_s": report.settle_s,
                 "dead_letters": report.dead_letters,
+                "topic_records": report.census.records,
+                "redelivered_duplicates": report.census.duplicates,
                 "http_retries": report.http_retries,
             }
         )

@@ -555,6 +555,7 @@ class FaultReport:
     stream_s: float
     settle_s: float
     dead_letters: dict[str, int]
+    census: TopicCensus
     outbox_pending: dict[str, int]
     http_retries: int
     log_dir: Path
@@ -587,6 +588,11 @@ class FaultReport:
             )
         lines.append("counts: " + ", ".join(f"{k} {v}" for k, v in self.counts.items()))
         lines.append(f"dead letters: {sum(self.dead_letters.values())} {self.dead_letters or ''}")
+        lines.append(
+            f"records on the topics: {sum(self.census.records.values())}; redelivered"
+            f" duplicates (same ce_id, dropped by the consumers' inboxes):"
+            f" {sum(self.census.duplicates.values())} {self.census.duplicates or ''}"
+        )
         lines.append(f"outbox rows pending: {self.outbox_pending}")
         lines.append(
             "comparison: " + ("identical" if self.ok else f"{len(self.problems)} problems")
@@ -841,13 +847,22 @@ async def _all_ready(services: Mapping[str, ServiceProcess], within: float) -> f
     return time.monotonic() - started
 
 
-async def _dead_letters(bootstrap: str) -> dict[str, int]:
+@dataclass
+class TopicCensus:
+    records: dict[str, int]
+    """Records per topic (dead-letter topics included)."""
+    duplicates: dict[str, int]
+    """Records per topic whose ``ce_id`` an earlier record of the topic had: at-least-once
+    redeliveries (a relay killed between publishing and marking), which consumers drop."""
+
+
+async def _census(bootstrap: str) -> TopicCensus:
+    """Every record of every topic on the (private) broker, read from the start."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        topics = [t for t in await consumer.topics() if t.endswith(".dlq")]
-        counts: dict[str, int] = {}
-        for topic in topics:
+        census = TopicCensus({}, {})
+        for topic in sorted(await consumer.topics()):
             partitions = [
                 TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()
             ]
@@ -855,16 +870,25 @@ async def _dead_letters(bootstrap: str) -> dict[str, int]:
                 continue
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
+            ids: Counter[bytes] = Counter()
             seen = 0
-            while True:  # read until a fetch returns nothing (high watermark reached)
-                batches = await consumer.getmany(timeout_ms=500)
-                n = sum(len(b) for b in batches.values())
+            while True:  # until a fetch returns nothing (the high watermark is reached)
+                batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+                n = 0
+                for records in batches.values():
+                    for record in records:
+                        n += 1
+                        ce_id = dict(record.headers or ()).get("ce_id")
+                        if ce_id is not None:
+                            ids[ce_id] += 1
                 if n == 0:
                     break
                 seen += n
             if seen:
-                counts[topic] = seen
-        return counts
+                census.records[topic] = seen
+            if doubled := sum(c - 1 for c in ids.values() if c > 1):
+                census.duplicates[topic] = doubled
+        return census
     finally:
         await consumer.stop()
 
@@ -929,7 +953,8 @@ async def run_scenario(config: ScenarioConfig, log_dir: Path | None = None) -> F
         settle_started = time.monotonic()
         problems, counts, pending = await _settle(p, config, services, driver)
         settle_s = time.monotonic() - settle_started
-        dead = await _dead_letters(bootstrap)
+        census = await _census(bootstrap)
+        dead = {t: n for t, n in census.records.items() if t.endswith(".dlq")}
         problems += [f"dead-lettered: {n} on {t}" for t, n in dead.items()]
         problems += [
             f"{k.service} did not become ready after its restart at {k.at_s:.1f}s"
@@ -951,6 +976,7 @@ async def run_scenario(config: ScenarioConfig, log_dir: Path | None = None) -> F
             stream_s,
             settle_s,
             dead,
+            census,
             pending,
             client.retries,
             log_dir,
