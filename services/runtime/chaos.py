@@ -856,38 +856,39 @@ class TopicCensus:
     redeliveries (a relay killed between publishing and marking), which consumers drop."""
 
 
-async def _census(bootstrap: str) -> TopicCensus:
-    """Every record of every topic on the (private) broker, read from the start."""
+async def _census(bootstrap: str, quiet_s: float = 3.0) -> TopicCensus:
+    """Every record of every topic on the (private) broker, read from the start until
+    nothing more arrives for ``quiet_s`` (Tansu's end offsets cannot say where the end is)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
+        topics = sorted(await consumer.topics())
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in consumer.partitions_for_topic(topic) or ()
+        ]
         census = TopicCensus({}, {})
-        for topic in sorted(await consumer.topics()):
-            partitions = [
-                TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()
-            ]
-            if not partitions:
-                continue
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
-            ids: Counter[bytes] = Counter()
-            seen = 0
-            while True:  # until a fetch returns nothing (the high watermark is reached)
-                batches = await consumer.getmany(timeout_ms=500, max_records=5000)
-                n = 0
-                for records in batches.values():
-                    for record in records:
-                        n += 1
-                        ce_id = dict(record.headers or ()).get("ce_id")
-                        if ce_id is not None:
-                            ids[ce_id] += 1
-                if n == 0:
-                    break
-                seen += n
-            if seen:
-                census.records[topic] = seen
-            if doubled := sum(c - 1 for c in ids.values() if c > 1):
+        if not partitions:
+            return census
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ids: dict[str, Counter[bytes]] = defaultdict(Counter)
+        last = time.monotonic()
+        while time.monotonic() - last < quiet_s:
+            batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for tp, records in batches.items():
+                if records:
+                    last = time.monotonic()
+                census.records[tp.topic] = census.records.get(tp.topic, 0) + len(records)
+                for record in records:
+                    ce_id = dict(record.headers or ()).get("ce_id")
+                    if ce_id is not None:
+                        ids[tp.topic][ce_id] += 1
+        for topic, counter in ids.items():
+            if doubled := sum(c - 1 for c in counter.values() if c > 1):
                 census.duplicates[topic] = doubled
+        census.records = {t: n for t, n in census.records.items() if n}
         return census
     finally:
         await consumer.stop()
