@@ -33,6 +33,7 @@ from services.runtime.auth import AccessTable, install_access_control
 from services.runtime.backoff import backoff_delays
 from services.runtime.consumer import EventConsumer, Subscription
 from services.runtime.db import connect_pool
+from services.runtime.errors import is_transient
 from services.runtime.guards import document_error_shapes, install_input_guards
 from services.runtime.outbox import OutboxRelay
 from services.runtime.settings import ServiceSettings
@@ -223,6 +224,29 @@ def runtime_of(request: Request) -> ServiceRuntime:
 
 RuntimeDep = Annotated[ServiceRuntime, Depends(runtime_of)]
 
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    ConnectionError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+"""What a request may meet when Postgres goes away under a running service (refused or
+reset connections, a server shutting down or recovering). ``is_transient`` decides."""
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    """503 with ``Retry-After`` for a transient outage met mid-request, never a 500: the
+    request can succeed as it is once the database is back, and clients (the OpenLineage
+    HTTP transport, a settings system) retry a 503. Anything else stays a 500."""
+    if not is_transient(exc):
+        raise exc
+    log.warning("%s %s answered 503: %r", request.method, request.url.path, exc)
+    return JSONResponse(
+        {"detail": f"temporarily unavailable ({type(exc).__name__}): retry shortly"},
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
+
 
 class _TracingMiddleware:
     """A server span per request, continuing any ``traceparent`` the caller sent.
@@ -316,6 +340,8 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
     )
     install_input_guards(app)
     app.add_middleware(_TracingMiddleware)
+    for error in UNAVAILABLE_ERRORS:
+        app.add_exception_handler(error, _unavailable)
     app.include_router(health)
     for router in (*spec.routers, *spec.open_routers):
         app.include_router(router)

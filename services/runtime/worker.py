@@ -91,7 +91,7 @@ class BackgroundWorker:
     async def _ensure_listener(self) -> None:
         if self._spec.channel is None:
             return
-        if self._listener is not None and not self._listener.is_closed():
+        if self._listener is not None and _alive(self._listener):
             return
         await self._close_listener()
         self._listener = await self._context.pool.acquire(timeout=5)
@@ -108,3 +108,13 @@ class BackgroundWorker:
             except Exception:
                 log.debug("listener connection already gone")
             await self._context.pool.release(listener)
+
+
+def _alive(listener: PoolConnectionProxy[Any]) -> bool:
+    """Whether the listening connection still stands. When Postgres goes away, asyncpg
+    returns the dead connection to the pool and detaches our proxy, whose every call then
+    raises ``InterfaceError``: that is a dead listener to replace, not a failed round."""
+    try:
+        return not listener.is_closed()
+    except asyncpg.InterfaceError:
+        return False

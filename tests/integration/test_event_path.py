@@ -284,3 +284,30 @@ async def test_started_without_postgres_it_becomes_ready_and_waits_out_outages(
 
 async def _has(service: ServiceProcess, tag: str, n: int) -> bool:
     return await cases_for(service, tag) == n
+
+
+async def test_a_request_meeting_a_postgres_outage_answers_503_not_500(
+    start_service: StartService, postgres_server_url: str
+) -> None:
+    """Found by the fault scenario (tests/integration/test_faults.py): while Postgres restarts
+    under a running service, API calls answered 500 with a traceback. A transient outage is
+    a 503 with Retry-After, which clients retry; the service answers again once it is back."""
+    target = urlsplit(postgres_server_url)
+    proxy = PostgresProxy(target.hostname or "127.0.0.1", target.port or 5432)
+    await proxy.open()
+    service = start_service("deletion", via=proxy)
+    await ready(service)
+    async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+        assert (await client.get("/api/v1/cases")).status_code == 200
+        await proxy.cut()  # pooled connections break, new ones are refused
+        answers = [await client.get("/api/v1/cases") for _ in range(3)]
+        assert [a.status_code for a in answers] == [503, 503, 503], [a.text for a in answers]
+        assert all(a.headers.get("Retry-After") == "1" for a in answers)
+        assert "temporarily unavailable" in answers[0].json()["detail"]
+        await proxy.open()
+
+        async def answers_again() -> bool:
+            return (await client.get("/api/v1/cases")).status_code == 200
+
+        await wait_for(answers_again, 30, "the API after the outage")
+    await proxy.cut()
