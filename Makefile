@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SERVICES := consent registry lineage deletion
 
-.PHONY: help install dev demo stop status test test-unit lint format schemas asyncapi bench clean
+.PHONY: help install dev demo stop status test test-unit lint format schemas asyncapi bench bench-all bench-quick clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -55,6 +55,12 @@ schemas: install  ## regenerate contracts/schemas and contracts/asyncapi from th
 
 bench: install  ## withdrawal → model flag latency and throughput on the embedded stack
 	$(BIN)/python bench/withdrawal_latency.py
+
+bench-all: install  ## the whole benchmark set at full size, then bench/results/summary-*.md and .svg
+	$(BIN)/python bench/run_all.py
+
+bench-quick: install  ## the whole benchmark set at small sizes (minutes, not hours)
+	$(BIN)/python bench/run_all.py --quick
 
 clean: stop
 	rm -rf .dev

@@ -47,6 +47,7 @@ from _common import (
     Row,
     kafka_limits,
     median_of,
+    peak_rss_mib,
     postgres_limits,
     postgres_server_url,
     sigterm_as_interrupt,
@@ -385,6 +386,7 @@ async def measure(bench: Bench, args: argparse.Namespace, log: Callable[[str], N
     try:
         async with httpx.AsyncClient(timeout=60, limits=limits) as client:
             result = await _measure_on_stack(bench, args, log, stack, pools, client, cpu)
+        result["memory_peak_mib"] = {name: peak_rss_mib(pid) for name, pid in pids.items()}
     finally:
         for pool in pools.values():
             await pool.close()
@@ -540,6 +542,8 @@ def report(result: Row, meta: Row) -> str:
             f"  {name:<40} {_f(figures['ms_per_withdrawal'], 2):>8} ms"
             f" {_f(figures['percent_of_one_cpu']):>6} %"
         )
+    memory = result.get("memory_peak_mib", {})
+    lines += ["", "peak RSS (VmHWM, MiB): " + ", ".join(f"{k} {_f(v)}" for k, v in memory.items())]
     kafka, pg = result["limits"]["kafka"], result["limits"]["postgres"]
     commit = kafka["commit"]
     hop, hop10 = kafka["hop"], kafka["hop_fetch_wait_10ms"]
