@@ -57,9 +57,9 @@ from _common import (
     load_average,
     log,
     peak_rss_mib,
-    process_cpu_s,
     postgres_limits,
     postgres_server_url,
+    process_cpu_s,
     sigterm_as_interrupt,
     utc_stamp,
     write_result,
@@ -290,10 +290,13 @@ async def settle(
 ) -> float:
     """Wait until nothing is in flight twice in a row, 1 s apart; seconds it took."""
     started = time.perf_counter()
-    quiet = 0
+    quiet, shown = 0, 0.0
     while quiet < 2:
         left = await unsettled(pools, offsets, groups)
         quiet = quiet + 1 if not left else 0
+        if left and time.perf_counter() - shown > 15:
+            shown = time.perf_counter()
+            log(f"  {what}: in flight after {shown - started:.0f} s: {left}")
         if time.perf_counter() - started > within:
             raise RuntimeError(f"{what}: not settled after {within:.0f} s: {left}")
         await asyncio.sleep(1.0)
@@ -397,8 +400,13 @@ def _brief(body: Any) -> Row:
 # ------------------------------------------------------------------------------- limits
 
 
-async def raw_consume(bootstrap: str, topics: Sequence[str]) -> Row:
-    """Read every message of ``topics`` from the beginning, no group, no processing."""
+async def raw_consume(bootstrap: str, topics: Sequence[str]) -> tuple[Row, Offsets]:
+    """Read every message of ``topics`` from the beginning, no group, no processing.
+
+    Also the topics' true ends: Tansu's ``end_offsets()`` answers the last batch's base
+    offset + 1 (``/work/shared/BROKER.md``), the fetch's high watermark is right. Returns the
+    figures and the high watermark of each partition.
+    """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=4 << 20
     )
@@ -406,22 +414,29 @@ async def raw_consume(bootstrap: str, topics: Sequence[str]) -> Row:
     try:
         await consumer._client.force_metadata_update()
         tps = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
-        ends = await consumer.end_offsets(tps)
-        total = sum(ends.values())
+        listed = await consumer.end_offsets(tps)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        started, seen, size = time.perf_counter(), 0, 0
-        while seen < total and time.perf_counter() - started < 300:
-            for records in (await consumer.getmany(timeout_ms=1000)).values():
-                seen += len(records)
+        started, seen, size = time.perf_counter(), Counter[str](), 0
+        idle = 0
+        while idle < 2 and time.perf_counter() - started < 600:
+            batches = await consumer.getmany(timeout_ms=500)
+            idle = 0 if batches else idle + 1
+            for tp, records in batches.items():
+                seen[tp.topic] += len(records)
                 size += sum(len(r.value or b"") for r in records)
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - started - 0.5 * idle  # the empty polls that ended it
+        highwater = {tp: consumer.highwater(tp) or 0 for tp in tps}
+        total = sum(seen.values())
         return {
-            "messages": seen,
+            "messages": total,
+            "per_topic": dict(seen),
+            "end_offsets_listed_total": sum(listed.values()),
+            "high_watermarks_total": sum(highwater.values()),
             "bytes": size,
             "seconds": elapsed,
-            "per_s": seen / elapsed if elapsed else None,
-        }
+            "per_s": total / elapsed if elapsed > 0 else None,
+        }, highwater
     finally:
         await consumer.stop()
 
@@ -517,24 +532,31 @@ async def replay_run(bench: Bench, args: argparse.Namespace) -> Row:
     offsets = OffsetReader(bench.bootstrap)
     await offsets.start()
     try:
-        ends = await offsets.ends(topics)
-        per_topic = {t: sum(v for tp, v in ends.items() if tp.topic == t) for t in topics}
+        log("replay: raw consume of the topics first (the machine's limit, and their ends) …")
+        consume, ends = await raw_consume(bench.bootstrap, topics)
+        per_topic = {t: consume["per_topic"].get(t, 0) for t in topics}
         log(f"replay: {sum(per_topic.values())} messages on {len(topics)} topics; starting …")
         await asyncio.to_thread(bench.create_databases, SERVICES, REPLAY_LABEL)
+        # Offsets are watched from the moment the processes are spawned: a service consumes
+        # as soon as it is up, while the others may still be starting.
         started = time.perf_counter()
-        await asyncio.to_thread(bench.start_services, REPLAY_LABEL)
-        ready = time.perf_counter()
-        pools = await pools_of(bench, REPLAY_LABEL)
+        starting = asyncio.create_task(asyncio.to_thread(bench.start_services, REPLAY_LABEL))
+        ready: float | None = None
         caught_up: dict[str, float] = {}
+        while len(caught_up) < len(groups) or ready is None:
+            if time.perf_counter() - started > args.settle_timeout:
+                starting.cancel()
+                raise RuntimeError(f"replay: groups behind after {args.settle_timeout} s")
+            if ready is None and starting.done():
+                starting.result()  # a service that failed to start ends the run here
+                ready = time.perf_counter() - started
+            for group, behind in (await lag(offsets, groups, ends)).items():
+                if behind == 0 and group not in caught_up:
+                    caught_up[group] = time.perf_counter() - started
+            await asyncio.sleep(0.25)
+        all_caught_up = max(caught_up.values())
+        pools = await pools_of(bench, REPLAY_LABEL)
         try:
-            while len(caught_up) < len(groups):
-                if time.perf_counter() - started > args.settle_timeout:
-                    raise RuntimeError(f"replay: groups behind after {args.settle_timeout} s")
-                for group, behind in (await lag(offsets, groups, ends)).items():
-                    if behind == 0 and group not in caught_up:
-                        caught_up[group] = time.perf_counter() - ready
-                await asyncio.sleep(0.25)
-            all_caught_up = time.perf_counter() - ready
             memory_at_end = memory_of(bench, REPLAY_LABEL)
             cpu = await cpu_of(bench, REPLAY_LABEL, pools)
             inbox = await inbox_spans(pools)
@@ -567,7 +589,7 @@ async def replay_run(bench: Bench, args: argparse.Namespace) -> Row:
         "topics": per_topic,
         "messages": sum(per_topic.values()),
         "consumed_by_all_groups": total_consumed,
-        "startup_s": ready - started,
+        "startup_s": ready,
         "caught_up_s": all_caught_up,
         "events_per_s": sum(per_topic.values()) / all_caught_up,
         "consumed_per_s": total_consumed / all_caught_up,
@@ -580,15 +602,15 @@ async def replay_run(bench: Bench, args: argparse.Namespace) -> Row:
         "results": results,
         "memory_peak_mib": memory,
         "memory_peak_mib_at_catch_up": memory_at_end,
+        "raw_consume": consume,
     }
 
 
 async def measure(bench: Bench, args: argparse.Namespace) -> Row:
     original = await original_run(bench, args)
     replay = await replay_run(bench, args)
-    topics = sorted(replay["topics"])
-    log("limits: raw consume of the same topics, Postgres …")
-    consume = await raw_consume(bench.bootstrap, topics)
+    log("limits: Postgres …")
+    consume = replay.pop("raw_consume")
     postgres = await postgres_limits(bench.url("scratch"))
     comparison = {
         kind: compare(original["results"][kind], replay["results"][kind]) for kind in RESULT_QUERIES
@@ -610,6 +632,11 @@ def _f(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def _time(value: datetime | str) -> float:
+    """Seconds since the epoch of a timestamp as stored, or as written to the JSON."""
+    return (value if isinstance(value, datetime) else datetime.fromisoformat(value)).timestamp()
+
+
 def report(result: Row, meta: Row) -> str:
     replay, original = result["replay"], result["original"]
     limits = result["limits"]
@@ -624,21 +651,35 @@ def report(result: Row, meta: Row) -> str:
         f" {original['results']['cases']} cases",
         f"replay: {replay['messages']:,} messages on {len(replay['topics'])} topics"
         f" ({replay['consumed_by_all_groups']:,} reads by {len(replay['by_group'])} groups);"
-        f" services ready in {_f(replay['startup_s'], 1)} s",
-        f"  every group at the end after {_f(replay['caught_up_s'], 1)} s:"
+        f" all four ready (HTTP) {_f(replay['startup_s'], 1)} s after spawning",
+        f"  every group at the end {_f(replay['caught_up_s'], 1)} s after the processes were"
+        " spawned:"
         f" {_f(replay['events_per_s'])} events/s ({_f(replay['consumed_per_s'])} group reads/s)"
         f"   target ≥ 50,000 events/s",
         f"  first → last event handled (inbox): {_f(replay['processing_span_s'], 1)} s:"
         f" {_f(replay['events_per_s_processing'])} events/s",
         f"  settled (own outputs consumed too) after {_f(replay['settled_after_s'], 1)} s",
         "",
-        f"  {'service':<9} {'topic':<28} {'messages':>9} {'at end after s':>15} {'msg/s':>9}",
+        f"  {'service':<9} {'topic':<28} {'messages':>9} {'at end, s':>10} {'msg/s':>9}",
     ]
     for g in sorted(replay["by_group"].values(), key=lambda g: -g["seconds"]):
         lines.append(
             f"  {g['service']:<9} {g['topic']:<28} {g['messages']:>9,}"
-            f" {_f(g['seconds'], 1):>15} {_f(g['per_s']):>9}"
+            f" {_f(g['seconds'], 1):>10} {_f(g['per_s']):>9}"
         )
+    inbox = replay.get("inbox", [])
+    if inbox:
+        zero = min(_time(r["first"]) for r in inbox)
+        lines += [
+            "",
+            "  handled (inbox rows; s after the first event any replay service handled)",
+            f"  {'service':<9} {'topic':<28} {'events':>9} {'first':>7} {'last':>7}",
+        ]
+        for r in sorted(inbox, key=lambda r: _time(r["last"]), reverse=True):
+            lines.append(
+                f"  {r['service']:<9} {r['topic']:<28} {r['events']:>9,}"
+                f" {_time(r['first']) - zero:>7.1f} {_time(r['last']) - zero:>7.1f}"
+            )
     lines += ["", "  CPU s used by the time every group was at the end (since process start)"]
     for name, seconds in replay["cpu_s_at_catch_up"].items():
         lines.append(f"  {name:<22} {_f(seconds, 1):>7}")
