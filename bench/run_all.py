@@ -15,6 +15,7 @@ See ``bench/README.md``. Not a test: nothing here asserts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -40,6 +41,8 @@ class Step:
     script: str
     quick: tuple[str, ...]
     full: tuple[str, ...]
+    matches: Callable[[Row], bool] = lambda meta: True
+    """Which of the script's JSON files (by their ``meta``) this step's figures come from."""
 
 
 STEPS = (
@@ -48,12 +51,14 @@ STEPS = (
         "withdrawal_latency",
         ("-n", "1000", "-r", "1000", "-k", "1", "--kafka-messages", "20000"),
         ("-n", "5000", "-r", "1000", "-k", "3"),
+        lambda meta: meta.get("rate", 0) >= 1000,
     ),
     Step(
         "latency below saturation",
         "withdrawal_latency",
         ("-n", "200", "-r", "20", "-k", "1", "--kafka-messages", "20000"),
         ("-n", "1000", "-r", "40", "-k", "3"),
+        lambda meta: meta.get("rate", 0) < 1000,
     ),
     Step(
         "snapshot registration",
@@ -98,9 +103,13 @@ def run_step(step: Step, quick: bool, logs: Path) -> Path | None:
     return new[-1]
 
 
-def newest(script: str) -> Path | None:
-    found = sorted(RESULTS_DIR.glob(f"{script}-*.json"))
-    return found[-1] if found else None
+def newest(step: Step) -> Path | None:
+    """The newest JSON of the step's script that is the step's (``--collect-only``)."""
+    for path in sorted(RESULTS_DIR.glob(f"{step.script}-*.json"), reverse=True):
+        with contextlib.suppress(ValueError, OSError):
+            if step.matches(json.loads(path.read_text()).get("meta", {})):
+                return path
+    return None
 
 
 # ---------------------------------------------------------------------------- the figures
@@ -140,7 +149,7 @@ def latency_figures(step: str, data: Row, source: str, *, with_target: bool) -> 
     rate = meta["rate"]
     lat = median["latency_ms"]
     hop = _get(kafka, "hop", "p50")
-    figures = [
+    latency = [
         Figure(
             f"withdrawal → model flag, p50 / p99 ({step}: offered {rate:g}/s,"
             f" sent {_f(median['sent_per_s'])}/s, N={meta['withdrawals']}, {meta['runs']} run(s))",
@@ -149,10 +158,15 @@ def latency_figures(step: str, data: Row, source: str, *, with_target: bool) -> 
             f"one Kafka hop p50 {_f(hop, 1, ' ms')}; Postgres INSERT+COMMIT"
             f" {_f(pg['insert_commit_mean_ms'], 2, ' ms')}",
             source,
-        ),
+        )
+    ]
+    if not with_target:
+        return latency
+    return [
+        *latency,
         Figure(
             f"sustained throughput, flags/s ({step})",
-            "1,000/s" if with_target else "-",
+            "1,000/s",
             _f(median["throughput_per_s"], 1, "/s"),
             f"Kafka produce {_f(kafka['produce_send_per_s'])} msg/s; Postgres INSERT+COMMIT"
             f" {_f(pg['insert_commit_per_s'])}/s",
@@ -161,7 +175,6 @@ def latency_figures(step: str, data: Row, source: str, *, with_target: bool) -> 
             pg["insert_commit_per_s"],
         ),
     ]
-    return figures
 
 
 def snapshot_figures(data: Row, source: str) -> list[Figure]:
@@ -254,10 +267,17 @@ def memory_figures(found: dict[str, tuple[Row, str]]) -> list[Figure]:
                     source,
                 )
             )
-    rss = _get(found.get("snapshot registration"), 0, "rss_mb", "peak_at_end")
-    if rss is not None:
+    snapshot = found.get("snapshot registration")
+    rss = _get(snapshot, 0, "rss_mb", "peak_at_end")
+    if snapshot is not None and rss is not None:
         out.append(
-            Figure("peak RSS, registry (snapshot registration)", "-", _f(rss, 0, " MiB"), "-", "")
+            Figure(
+                "peak RSS, registry (snapshot registration)",
+                "-",
+                _f(rss, 0, " MiB"),
+                "-",
+                snapshot[1],
+            )
         )
     return out
 
@@ -380,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     found: dict[str, tuple[Row, str]] = {}
     for step in steps:
         if args.collect_only:
-            path = newest(step.script)
+            path = newest(step)
         else:
             logs.mkdir(exist_ok=True)
             path = run_step(step, args.quick, logs)
