@@ -126,6 +126,7 @@ class Figure:
     source: str
     rate: float | None = None
     limit_rate: float | None = None
+    target_rate: float | None = None
 
 
 def _get(data: Any, *path: str | int) -> Any:
@@ -173,6 +174,7 @@ def latency_figures(step: str, data: Row, source: str, *, with_target: bool) -> 
             source,
             median["throughput_per_s"],
             pg["insert_commit_per_s"],
+            1000,
         ),
     ]
 
@@ -242,6 +244,7 @@ def replay_figures(data: Row, source: str) -> list[Figure]:
             source,
             replay["events_per_s"],
             consume["per_s"],
+            50_000,
         ),
         Figure(
             "replay: the same findings, flags and cases",
@@ -332,7 +335,7 @@ def svg(figures: Sequence[Figure], title: str) -> str:
     rows = [f for f in figures if f.rate and f.limit_rate]
     width, left, bar, gap = 900, 330, 16, 18
     height = 60 + len(rows) * (2 * bar + gap) + 30
-    top = max((f.limit_rate or 1 for f in rows), default=10)
+    top = max((max(f.limit_rate or 1, f.target_rate or 1) for f in rows), default=10)
     decades = max(1, int(log10(top)) + 1)
 
     def x(value: float) -> float:
@@ -343,7 +346,7 @@ def svg(figures: Sequence[Figure], title: str) -> str:
         ' font-family="sans-serif" font-size="12">',
         f'<text x="10" y="20" font-size="14">{escape(title)}</text>',
         '<text x="10" y="38" fill="#555">per second, log scale; dark: measured,'
-        " light: the machine's limit in the same run</text>",
+        " light: the machine's limit in the same run; red: the target</text>",
     ]
     for d in range(decades + 1):
         gx = x(10**d)
@@ -356,6 +359,12 @@ def svg(figures: Sequence[Figure], title: str) -> str:
     for f in rows:
         label = escape(f.figure.split(" (")[0])
         parts.append(f'<text x="10" y="{y + bar + 4}">{label}</text>')
+        if f.target_rate:
+            tx = x(f.target_rate)
+            parts.append(
+                f'<line x1="{tx:.1f}" y1="{y - 3}" x2="{tx:.1f}" y2="{y + 2 * bar + 1}"'
+                ' stroke="#c0392b" stroke-width="2"/>'
+            )
         for value, colour in ((f.rate, "#1f5fa8"), (f.limit_rate, "#a9c4e6")):
             assert value is not None
             parts.append(
