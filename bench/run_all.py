@@ -202,7 +202,10 @@ def snapshot_figures(data: Row, source: str) -> list[Figure]:
 
 def lineage_figures(data: Row, source: str) -> list[Figure]:
     out = []
-    for bucket in ("1-99", "1,000-4,999"):
+    sizes = ("1-99", "100-999", "1,000-4,999", "5,000+")
+    present = [b for b in sizes if _get(data, "http", "downstream", b)]
+    large = "1,000-4,999" if "1,000-4,999" in present else present[-1] if present else None
+    for bucket in dict.fromkeys([*present[:1], *([large] if large else [])]):
         http = _get(data, "http", "downstream", bucket)
         walk = _get(data, "sql", "downstream", "walk", bucket)
         if http is None:
