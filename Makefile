@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SERVICES := consent registry lineage deletion
 
-.PHONY: help install dev demo walkthrough stop status test test-unit lint format schemas asyncapi bench fuzz clean
+.PHONY: help install dev demo walkthrough stop status test test-unit lint format schemas asyncapi bench bench-all bench-quick fuzz clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -67,6 +67,12 @@ bench: install  ## withdrawal → model flag latency and throughput on the embed
 fuzz: install  ## longer hostile-input run: schemathesis on every HTTP operation, random seed
 	FUZZ_MAX_EXAMPLES=$${FUZZ_MAX_EXAMPLES:-200} FUZZ_RANDOM=1 $(BIN)/pytest -q \
 	  tests/integration/test_hostile_http.py -k fuzzing --timeout=0
+
+bench-all: install  ## the whole benchmark set at full size, then bench/results/summary-*.md and .svg
+	$(BIN)/python bench/run_all.py
+
+bench-quick: install  ## the whole benchmark set at small sizes (minutes, not hours)
+	$(BIN)/python bench/run_all.py --quick
 
 clean: stop
 	rm -rf .dev

@@ -67,15 +67,15 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from snapshot_registration import peak_rss_mb, rss_mb
-from withdrawal_latency import (
+from _common import (
     machine_busy_s,
     median_of,
     postgres_server_url,
     process_cpu_s,
     sigterm_as_interrupt,
 )
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from snapshot_registration import peak_rss_mb, rss_mb
 
 from contracts.events import ConsentEvent, PolicyChange
 from contracts.policy import PolicyDocument

@@ -40,7 +40,7 @@ from typing import Any
 
 import asyncpg
 import httpx
-from withdrawal_latency import (
+from _common import (
     median_of,
     postgres_limits,
     postgres_server_url,

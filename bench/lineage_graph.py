@@ -65,7 +65,7 @@ from typing import Any
 
 import asyncpg
 import httpx
-from withdrawal_latency import postgres_server_url, quantile, sigterm_as_interrupt
+from _common import postgres_server_url, quantile, sigterm_as_interrupt
 
 from contracts.base import DatasetRef
 from contracts.envelope import Envelope

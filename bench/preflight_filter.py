@@ -50,8 +50,8 @@ from typing import Any
 
 import asyncpg
 import httpx
+from _common import CpuMeter, postgres_server_url, sigterm_as_interrupt
 from snapshot_registration import Bench, peak_rss_mb, rss_mb
-from withdrawal_latency import CpuMeter, postgres_server_url, sigterm_as_interrupt
 
 from contracts.events import ConsentEvent, ConsentEvidence
 from contracts.policy import PolicyDocument

@@ -57,7 +57,7 @@ from typing import Any
 
 import asyncpg
 import httpx
-from withdrawal_latency import (
+from _common import (
     CpuMeter,
     postgres_server_url,
     sigterm_as_interrupt,
