@@ -23,7 +23,7 @@ import asyncpg
 from _common import log, postgres_server_url
 
 from services.runtime import embedded
-from services.runtime.outbox import _CLAIM
+from services.runtime.outbox import _CLAIM, _FRESH_PLAN
 
 DDL = """
 CREATE TABLE outbox (
@@ -38,10 +38,13 @@ CREATE INDEX outbox_published_at ON outbox (published_at) WHERE published_at IS 
 """As ``services/runtime/migrations/versions/runtime_0001_outbox_inbox.py`` creates it."""
 
 
-async def claim(conn: asyncpg.Connection, batch: int) -> tuple[int, float]:
-    """One relay step without the produce: claim, mark published; (rows, seconds)."""
+async def claim(conn: asyncpg.Connection, batch: int, *, fresh_plan: bool) -> tuple[int, float]:
+    """One relay step without the produce: claim, mark published; (rows, seconds).
+    ``fresh_plan``: as the relay does it (``_FRESH_PLAN`` first), else the claim alone."""
     started = time.perf_counter()
     async with conn.transaction():
+        if fresh_plan:
+            await conn.execute(_FRESH_PLAN)
         rows = await conn.fetch(_CLAIM, batch)
         await conn.execute(
             "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
@@ -51,30 +54,36 @@ async def claim(conn: asyncpg.Connection, batch: int) -> tuple[int, float]:
 
 
 async def measure(dsn: str, args: argparse.Namespace) -> None:
-    cached = await asyncpg.connect(dsn)
-    try:
-        await cached.execute(DDL)
-        for _ in range(args.idle_polls):
-            await claim(cached, args.batch)
-        await cached.executemany(
-            "INSERT INTO outbox (topic, key, value, header_names, header_values)"
-            " VALUES ($1, $2, $3, $4, $5)",
-            [
-                ("consent.events.v1", f"subject-{i}".encode(), b"x" * 300, ["ce_id"], [b"1"])
-                for i in range(args.pending)
-            ],
+    for fresh_plan in (False, True):
+        label = (
+            "as the relay claims (plan_cache_mode=force_custom_plan)"
+            if fresh_plan
+            else ("the claim alone (Postgres's plan cache)")
         )
-        for step in (1, 2):
-            rows, seconds = await claim(cached, args.batch)
-            print(f"cached statement, claim {step}: {rows} rows in {seconds:.2f} s", flush=True)
-        fresh = await asyncpg.connect(dsn, statement_cache_size=0)
+        cached = await asyncpg.connect(dsn)
         try:
-            rows, seconds = await claim(fresh, args.batch)
-            print(f"fresh connection, no statement cache: {rows} rows in {seconds:.2f} s")
+            await cached.execute("DROP TABLE IF EXISTS outbox; " + DDL)
+            for _ in range(args.idle_polls):
+                await claim(cached, args.batch, fresh_plan=fresh_plan)
+            await cached.executemany(
+                "INSERT INTO outbox (topic, key, value, header_names, header_values)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                [
+                    ("consent.events.v1", f"subject-{i}".encode(), b"x" * 300, ["ce_id"], [b"1"])
+                    for i in range(args.pending)
+                ],
+            )
+            for step in (1, 2):
+                rows, seconds = await claim(cached, args.batch, fresh_plan=fresh_plan)
+                print(f"{label}, claim {step}: {rows} rows in {seconds:.2f} s", flush=True)
         finally:
-            await fresh.close()
+            await cached.close()
+    fresh = await asyncpg.connect(dsn, statement_cache_size=0)
+    try:
+        rows, seconds = await claim(fresh, args.batch, fresh_plan=False)
+        print(f"fresh connection, no statement cache: {rows} rows in {seconds:.2f} s")
     finally:
-        await cached.close()
+        await fresh.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
