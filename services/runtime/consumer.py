@@ -318,7 +318,7 @@ class EventConsumer:
 
 
 def _decode(sub: Subscription, record: ConsumerRecord[bytes, bytes]) -> Event[Any]:
-    return sub.decoder(
+    event = sub.decoder(
         sub.topic,
         value=record.value,
         headers=list(record.headers or ()),
@@ -326,6 +326,10 @@ def _decode(sub: Subscription, record: ConsumerRecord[bytes, bytes]) -> Event[An
         offset=record.offset,
         key=record.key,
     )
+    if record.timestamp is not None and record.timestamp > 0:
+        logged_at = datetime.fromtimestamp(record.timestamp / 1000, UTC)
+        event = dataclasses.replace(event, logged_at=logged_at)
+    return event
 
 
 def _span(record: ConsumerRecord[bytes, bytes]) -> AbstractContextManager[Span]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -30,6 +31,10 @@ class Event(Generic[T]):
     partition: int
     offset: int
     key: bytes | None
+    logged_at: datetime | None = None
+    """The record's Kafka timestamp: when the broker appended it (a topic with
+    ``message.timestamp.type=LogAppendTime``) or when its producer created it (the
+    default). The same on every replay, unlike the consumer's clock."""
 
     @property
     def id(self) -> str:

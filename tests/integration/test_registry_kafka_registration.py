@@ -12,13 +12,14 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from contracts.base import DatasetRef
 from contracts.registration import (
@@ -361,3 +362,34 @@ async def test_full_size_batches_pass_and_so_do_their_dead_letters(registry: Reg
     ]
     await registry.send(resend)
     assert (await registry.sealed(ds))["record_count"] == 7_000
+
+
+async def test_the_seal_time_is_the_sealed_records_log_time(registry: Registry) -> None:
+    """A version is sealed when its ``sealed`` record was logged, not when the registry
+    happened to consume it: a replay of the topic into an empty registry seals it at the
+    same time (and so judges its uses the same). The record's timestamp is set here as a
+    producer (or the broker, with LogAppendTime) would have set it a year ago."""
+    tag = uuid.uuid4().hex[:8]
+    ds = dataset(tag)
+    messages = list(
+        registration_messages(opened(ds), [record(tag, i) for i in range(5)], source=SOURCE)
+    )
+    logged = datetime(2025, 3, 1, 9, 30, tzinfo=UTC)
+    producer = AIOKafkaProducer(bootstrap_servers=registry.bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value, headers in messages:
+            await (
+                await producer.send(
+                    REGISTRATIONS.name,
+                    value=value,
+                    key=key,
+                    headers=headers,
+                    timestamp_ms=int(logged.timestamp() * 1000),
+                )
+            )
+    finally:
+        await producer.stop()
+    version = await registry.sealed(ds)
+    assert datetime.fromisoformat(version["sealed_at"]) == logged
+    assert datetime.fromisoformat(version["used_at"]) == logged

@@ -73,6 +73,7 @@ __all__ = [
     "header_of",
     "incomplete",
     "on_registration",
+    "registration_clock",
     "rows_of",
 ]
 
@@ -109,10 +110,22 @@ _REASONS: dict[type[RegistrationError], str] = {
 }
 
 
+def registration_clock(event: Event[RegistrationBody], now: datetime) -> datetime:
+    """The time a registration message counts as handled (a ``sealed`` one: the seal time,
+    hence the time of use): its Kafka timestamp, so that replaying the topic into an empty
+    registry seals every version when it was sealed the first time, not at replay time.
+    Never later than ``now`` (a clock ahead of the registry's cannot seal in the future).
+    Production topics append with ``message.timestamp.type=LogAppendTime``: the broker, not
+    the producer, sets it (deploy/); without a timestamp, ``now``."""
+    if event.logged_at is None:
+        return now
+    return min(event.logged_at, now)
+
+
 async def on_registration(event: Event[RegistrationBody], uow: UnitOfWork) -> None:
     """One message of a registration, in the consumer's unit of work."""
     body = event.body
-    now = datetime.now(UTC)
+    now = registration_clock(event, datetime.now(UTC))
     if isinstance(body, RegistrationOpened):
         await _opened(uow, body, now)
     elif isinstance(body, RegistrationBatch):
