@@ -366,7 +366,12 @@ async def raw_exchange(url: str, head: str, body: Iterable[bytes] = ()) -> tuple
         for piece in body:
             writer.write(piece)
             await writer.drain()
-        answer = await asyncio.wait_for(reader.read(), 60)
+        try:
+            answer = await asyncio.wait_for(reader.read(), 60)
+        except ConnectionResetError:
+            # The server answered and closed before reading all that was sent: the kernel
+            # then resets the connection, and its answer may be lost with it.
+            answer = b""
     finally:
         writer.close()
     if not answer:
@@ -489,10 +494,14 @@ async def test_garbage_api_keys_get_401_never_a_server_error(
                         if answer.status_code == 401:
                             assert answer.headers["www-authenticate"].startswith("Bearer"), what
             # A NUL byte in a header (a 401: no such key), a header over h11's 16 KiB (the
-            # HTTP server refuses the request itself with a 400): never a 5xx.
-            for auth in ("Bearer \xff\x00ct_", "Bearer " + "k" * 100_000):
+            # HTTP server refuses the request itself with a 400, and may close before reading
+            # the rest: a reset, status 0): never a 5xx.
+            for auth, allowed in (
+                ("Bearer \xff\x00ct_", (400, 401)),
+                ("Bearer " + "k" * 100_000, (0, 400, 401)),
+            ):
                 status, _ = await raw_exchange(
                     services[service].url,
                     f"GET {path} HTTP/1.1\nHost: x\nAuthorization: {auth}\nConnection: close\n",
                 )
-                assert status in (400, 401), status
+                assert status in allowed, status
