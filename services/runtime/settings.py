@@ -66,9 +66,10 @@ class ServiceSettings(BaseSettings):
     """Lineage service: answer lineage graph queries (without ``asOf``) from an in-memory
     copy of the graph kept current from the database's change log; off: every answer walks
     the graph in SQL."""
-    graph_cache_max_versions: int = Field(default=2_000_000, ge=0)
+    graph_cache_max_versions: int = Field(default=500_000, ge=0)
     """Lineage service: past this many dataset/model versions the copy is not loaded
-    (about 0.5 KiB of memory per version and run) and answers stay on SQL."""
+    (measured: +537 MiB of RSS for 200,000 versions and 190,000 runs, about 2.7 KiB per
+    version with its run) and answers stay on SQL."""
 
     lineage_url: str | None = None
     """Base URL of the lineage service's HTTP API (e.g. ``http://127.0.0.1:8003``), for the
