@@ -75,6 +75,8 @@ class GraphCache:
         async with self._lock:
             await self._catch_up()
             index = self._index
+        if index is None:  # re-read whole, and now too large for a copy
+            raise NotCached
         # No await from here on: the answer is of the snapshot just caught up with.
         found = index.lookup(query)
         if not found.known:
