@@ -66,10 +66,11 @@ class ServiceSettings(BaseSettings):
     """Lineage service: answer lineage graph queries (without ``asOf``) from an in-memory
     copy of the graph kept current from the database's change log; off: every answer walks
     the graph in SQL."""
-    graph_cache_max_versions: int = Field(default=500_000, ge=0)
-    """Lineage service: past this many dataset/model versions the copy is not loaded
-    (measured: +537 MiB of RSS for 200,000 versions and 190,000 runs, about 2.7 KiB per
-    version with its run) and answers stay on SQL."""
+    graph_cache_max_versions: int = Field(default=300_000, ge=0)
+    """Lineage service: past this many dataset/model versions the copy is not loaded and
+    answers stay on SQL. Size it to the memory the process may use: measured, about 4.7 KiB
+    per version with its run (200,000 versions, 190,000 runs, 757,216 inputs and outputs:
+    +950 MiB of RSS; each node keeps its answer JSON with all its edges written out)."""
 
     lineage_url: str | None = None
     """Base URL of the lineage service's HTTP API (e.g. ``http://127.0.0.1:8003``), for the

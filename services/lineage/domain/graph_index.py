@@ -8,19 +8,46 @@ for an ``asOf`` time are not served from here (the copy has no past).
 It answers exactly what the SQL walk (``adapters/graph.py``) and ``build_graph`` +
 ``graph_json`` answer, byte for byte (tested): breadth first, each version expanded once,
 at its shortest hop; a version's readers and their outputs are one run away downstream, its
-writers and their inputs one run away upstream. Pure: no I/O.
+writers and their inputs one run away upstream.
+
+Why it is fast (an answer of a few thousand nodes is megabytes of JSON): each node keeps
+its whole JSON as it appears when *all* its edges are in the answer (its **fragment**,
+UTF-8 bytes). A walk works on sets, a level at a time (the loops run in C), and yields
+three sets per direction: versions reached, versions expanded, runs reached. From these,
+set algebra alone tells which nodes have all their edges in the answer (in a downstream
+walk, a version with one writer, a run with one input; upstream, a version with one
+reader, a run with one output); their fragments are copied as they are. Only the others
+(the start, the depth boundary, runs reading several versions of which the walk reached
+some…) have their edge lists worked out and their JSON written, from their fragment's
+head. The answer is the fragments joined in node id order.
+
+Which edges a node has in an answer (D/U: the downstream/upstream walk; E: versions it
+expanded, R: runs it reached; a run is reached only if it has something on the far side):
+
+- version: in = its writers in R_D, and all its writers that read something if it is in
+  E_U; out = all its readers that wrote something if it is in E_D, and its readers in R_U;
+- run: in = its inputs in E_D if it is in R_D, all its inputs if in R_U; out = all its
+  outputs if in R_D, its outputs in E_U if in R_U;
+- plus, when the start is a run (or a job's runs), its own inputs and outputs, and the
+  job's edges to its runs.
+
+A fragment's edges are a node's *full* lists: a version's writers that read something and
+readers that wrote something; a run's inputs if it wrote something, its outputs if it read
+something. Pure: no I/O.
 
 Memory: no Python object per edge. A version's readers and writers and a run's inputs and
-outputs are ``array('i')`` (untracked by the garbage collector: a copy of a big graph
-adds nothing to the collector's full passes), runs are numbered densely, and each node's
-JSON head is one string.
+outputs are ``array('i')`` (untracked by the garbage collector), runs are numbered densely,
+fragments are ``bytes``.
 """
 
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from bisect import bisect_left
+from collections.abc import Iterable, Set
+from dataclasses import dataclass
+from itertools import chain
+from json.encoder import encode_basestring
 from uuid import UUID
 
 from services.lineage.domain.graph import (
@@ -30,10 +57,10 @@ from services.lineage.domain.graph import (
     NodeType,
     RunInfo,
     VersionInfo,
-    graph_json_of,
     job_data_json,
     job_key,
     node_head,
+    node_json,
     run_data_json,
     run_key,
     version_data_json,
@@ -44,6 +71,11 @@ __all__ = ["GraphIndex", "Lookup", "RunIO"]
 RunIO = tuple[UUID, bool, int]
 """(run, is output, version node id): one ``run_io`` row."""
 
+_IN_EDGES = b'"inEdges":['
+_OUT_EDGES = b'],"outEdges":['
+_EMPTY: array[int] = array("i")
+_NONE: frozenset[int] = frozenset()
+
 
 def _name_key(namespace: str, name: str) -> str:
     return f"{namespace}\x00{name}"
@@ -51,6 +83,37 @@ def _name_key(namespace: str, name: str) -> str:
 
 def _version_name_key(namespace: str, name: str, version: str) -> str:
     return f"{namespace}\x00{name}\x00{version}"
+
+
+def _head_of(fragment: bytes) -> bytes:
+    """A fragment's head (``node_head``): everything up to its in-edges. Edge objects hold
+    no raw ``]`` and no raw ``"inEdges":[`` (quotes inside ids are escaped), so the last
+    occurrences are the node's own."""
+    return fragment[: fragment.rfind(_IN_EDGES, 0, fragment.rfind(_OUT_EDGES)) + len(_IN_EDGES)]
+
+
+def _quoted(key: str) -> bytes:
+    """A node id as a JSON string, as ``graph.node_json`` writes it."""
+    return encode_basestring(key).encode()
+
+
+def _node_bytes(head: bytes, me: bytes, origins: list[bytes], destinations: list[bytes]) -> bytes:
+    """As ``graph.node_json``, from quoted ids in bytes (the other ends, in id order)."""
+    ins = (
+        b'{"origin":'
+        + (b',"destination":' + me + b'},{"origin":').join(origins)
+        + b',"destination":' + me + b"}"
+        if origins
+        else b""
+    )  # fmt: skip
+    outs = (
+        b'{"origin":' + me + b',"destination":'
+        + (b'},{"origin":' + me + b',"destination":').join(destinations)
+        + b"}"
+        if destinations
+        else b""
+    )  # fmt: skip
+    return head + ins + _OUT_EDGES + outs + b"]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,25 +126,13 @@ class Lookup:
     job: JobInfo | None = None
 
 
-@dataclass(slots=True)
-class _Found:
-    """A walk's result: nodes by key, their JSON heads, and each node's edge ends."""
+@dataclass(frozen=True, slots=True)
+class _Walk:
+    """One direction's walk: versions reached (seeds included), expanded, runs reached."""
 
-    heads: dict[str, str] = field(default_factory=dict)
-    ins: dict[str, set[str]] = field(default_factory=dict)
-    outs: dict[str, set[str]] = field(default_factory=dict)
-
-    def edge(self, origin: str, destination: str) -> None:
-        outs = self.outs.get(origin)
-        if outs is None:
-            self.outs[origin] = {destination}
-        else:
-            outs.add(destination)
-        ins = self.ins.get(destination)
-        if ins is None:
-            self.ins[destination] = {origin}
-        else:
-            ins.add(origin)
+    reached: Set[int] = _NONE
+    expanded: Set[int] = _NONE
+    runs: Set[int] = _NONE
 
 
 class GraphIndex:
@@ -89,18 +140,29 @@ class GraphIndex:
 
     def __init__(self) -> None:
         self._key: dict[int, str] = {}
-        self._head: dict[int, str] = {}
+        self._quoted: dict[int, bytes] = {}
+        self._fragment: dict[int, bytes] = {}
         self._by_version: dict[str, int] = {}
         self._by_name: dict[str, array[int]] = {}
         self._readers: dict[int, array[int]] = {}
         self._writers: dict[int, array[int]] = {}
         self._run_index: dict[UUID, int] = {}
         self._run_key: list[str] = []
-        self._run_head: list[str] = []
-        self._run_job: list[str] = []
+        self._run_quoted: list[bytes] = []
+        self._run_fragment: list[bytes] = []
         self._inputs: list[array[int]] = []
         self._outputs: list[array[int]] = []
         self._jobs: dict[str, array[int]] = {}
+        # What the set algebra of ``answer`` needs to know without looking at edges.
+        self._no_inputs: set[int] = set()
+        self._no_outputs: set[int] = set()
+        self._many_writers: set[int] = set()
+        self._many_readers: set[int] = set()
+        self._many_inputs: set[int] = set()
+        self._many_outputs: set[int] = set()
+        # Fragments to write again (``refresh``), with new heads where the data changed.
+        self._stale_versions: dict[int, bytes | None] = {}
+        self._stale_runs: dict[int, bytes | None] = {}
 
     # --------------------------------------------------------------------------- updates
 
@@ -118,13 +180,18 @@ class GraphIndex:
             node = info.node_id
             key = info.key
             kind = NodeType.MODEL if info.is_model else NodeType.DATASET
-            if node not in self._key:
+            known = self._key.get(node)
+            if known is None:
                 self._by_version[_version_name_key(info.namespace, info.name, info.version)] = node
                 self._by_name.setdefault(_name_key(info.namespace, info.name), array("i")).append(
                     node
                 )
+            elif known != key:  # a dataset became a model: its runs' fragments name it
+                for run in chain(self._readers.get(node, _EMPTY), self._writers.get(node, _EMPTY)):
+                    self._stale_runs.setdefault(run, None)
             self._key[node] = key
-            self._head[node] = node_head(key, kind, version_data_json(info))
+            self._quoted[node] = _quoted(key)
+            self._stale_versions[node] = node_head(key, kind, version_data_json(info)).encode()
 
     def put_runs(self, infos: Iterable[RunInfo]) -> None:
         """Add or replace runs (job, times, state). A run's job never changes."""
@@ -136,39 +203,98 @@ class GraphIndex:
                 index = len(self._run_key)
                 self._run_index[info.run_id] = index
                 self._run_key.append(key)
-                self._run_head.append(head)
+                self._run_quoted.append(_quoted(key))
+                self._run_fragment.append(b"")
                 job = _name_key(info.job_namespace, info.job_name)
-                self._run_job.append(job)
                 self._inputs.append(array("i"))
                 self._outputs.append(array("i"))
                 self._jobs.setdefault(job, array("i")).append(index)
-            else:
-                self._run_head[index] = head
+                self._no_inputs.add(index)
+                self._no_outputs.add(index)
+            self._stale_runs[index] = head.encode()
 
     def put_run_io(self, rows: Iterable[RunIO]) -> None:
         """Add ``run_io`` rows (runs and versions must be known; rows already there are
         ignored: ``run_io`` only grows)."""
+        stale_versions, stale_runs = self._stale_versions, self._stale_runs
         for run_id, is_output, node in rows:
             run = self._run_index[run_id]
-            mine, theirs = (
-                (self._outputs[run], self._writers)
-                if is_output
-                else (self._inputs[run], self._readers)
-            )
+            if is_output:
+                mine, theirs, others = self._outputs[run], self._writers, self._inputs[run]
+                empty, many_mine, many_theirs = (
+                    self._no_outputs,
+                    self._many_outputs,
+                    self._many_writers,
+                )
+            else:
+                mine, theirs, others = self._inputs[run], self._readers, self._outputs[run]
+                empty, many_mine, many_theirs = (
+                    self._no_inputs,
+                    self._many_inputs,
+                    self._many_readers,
+                )
             if node in mine:
                 continue
+            if not mine:
+                # The run now counts on the far side of each node of its other side.
+                empty.discard(run)
+                for other in others:
+                    stale_versions.setdefault(other, None)
             mine.append(node)
+            if len(mine) > 1:
+                many_mine.add(run)
             runs = theirs.get(node)
             if runs is None:
                 theirs[node] = array("i", (run,))
             else:
                 runs.append(run)
+                many_theirs.add(node)
+            stale_runs.setdefault(run, None)
+            stale_versions.setdefault(node, None)
 
     def has_run(self, run_id: UUID) -> bool:
         return run_id in self._run_index
 
     def has_version(self, node_id: int) -> bool:
         return node_id in self._key
+
+    def refresh(self) -> None:
+        """Sort the changed nodes' edge ends in id order and write their fragments again
+        (``answer`` does it first if needed; callers may do it earlier, off the answer)."""
+        key, run_key_ = self._key, self._run_key
+        quoted, run_quoted = self._quoted, self._run_quoted
+        no_inputs, no_outputs = self._no_inputs, self._no_outputs
+        by_run_key, by_key = run_key_.__getitem__, key.__getitem__
+        for node, head in self._stale_versions.items():
+            writers = self._writers.get(node, _EMPTY)
+            readers = self._readers.get(node, _EMPTY)
+            if len(writers) > 1:
+                writers[:] = array("i", sorted(writers, key=by_run_key))
+            if len(readers) > 1:
+                readers[:] = array("i", sorted(readers, key=by_run_key))
+            self._fragment[node] = _node_bytes(
+                head if head is not None else _head_of(self._fragment[node]),
+                quoted[node],
+                [run_quoted[r] for r in writers if r not in no_inputs],
+                [run_quoted[r] for r in readers if r not in no_outputs],
+            )
+        self._stale_versions.clear()
+        for run, head in self._stale_runs.items():
+            inputs, outputs = self._inputs[run], self._outputs[run]
+            if len(inputs) > 1:
+                inputs[:] = array("i", sorted(inputs, key=by_key))
+            if len(outputs) > 1:
+                outputs[:] = array("i", sorted(outputs, key=by_key))
+            self._run_fragment[run] = _node_bytes(
+                head if head is not None else _head_of(self._run_fragment[run]),
+                run_quoted[run],
+                [quoted[n] for n in inputs] if outputs else [],
+                [quoted[n] for n in outputs] if inputs else [],
+            )
+        self._stale_runs.clear()
+        # A set keeps its table when emptied (all runs start here and most leave at once):
+        # copies are sized to what they hold, for the walk's set algebra.
+        self._no_inputs, self._no_outputs = set(no_inputs), set(no_outputs)
 
     # --------------------------------------------------------------------------- lookups
 
@@ -205,85 +331,163 @@ class GraphIndex:
 
     def answer(self, found: Lookup, depth: int, direction: Direction) -> bytes:
         """The graph JSON for a node ``lookup`` found: as ``lineage_graph`` + ``graph_json``."""
-        out = _Found()
+        if self._stale_versions or self._stale_runs:
+            self.refresh()
         downstream = direction in (Direction.DOWNSTREAM, Direction.BOTH)
         upstream = direction in (Direction.UPSTREAM, Direction.BOTH)
-        for node in found.versions:
-            self._add_version(out, node)
-        for run in found.runs:
-            self._add_run(out, run)
-        if found.job is not None:
-            job = job_key(found.job.namespace, found.job.name)
-            out.heads[job] = node_head(job, NodeType.JOB, job_data_json(found.job))
-            for run in found.runs:
-                out.edge(job, self._run_key[run])
+        start_runs = frozenset(found.runs)
+        # A run (or a job's runs) is the first run of the walk: its own inputs and outputs
+        # are the walk's seeds, one run less deep.
+        own_io = bool(start_runs) and depth > 0
+        own_down, own_up = own_io and downstream, own_io and upstream
         if found.versions:
-            if downstream:
-                self._walk(out, found.versions, depth, down=True)
-            if upstream:
-                self._walk(out, found.versions, depth, down=False)
-        elif depth > 0:
-            # A run (or a job's runs) is the first run of the walk.
-            for run in found.runs:
-                key = self._run_key[run]
-                if downstream:
-                    for node in self._outputs[run]:
-                        out.edge(key, self._add_version(out, node))
-                if upstream:
-                    for node in self._inputs[run]:
-                        out.edge(self._add_version(out, node), key)
-            if downstream:
-                seeds = {n for r in found.runs for n in self._outputs[r]}
-                self._walk(out, sorted(seeds), depth - 1, down=True)
-            if upstream:
-                seeds = {n for r in found.runs for n in self._inputs[r]}
-                self._walk(out, sorted(seeds), depth - 1, down=False)
-        return graph_json_of(
-            out.heads,
-            {k: sorted(v) for k, v in out.ins.items()},
-            {k: sorted(v) for k, v in out.outs.items()},
-        )
+            down_seeds = up_seeds = frozenset(found.versions)
+            walk_depth = depth
+        else:
+            down_seeds = frozenset(self._far(found.runs, down=True)) if own_down else _NONE
+            up_seeds = frozenset(self._far(found.runs, down=False)) if own_up else _NONE
+            walk_depth = depth - 1
+        down = self._walk(down_seeds, walk_depth, down=True) if downstream else _Walk()
+        up = self._walk(up_seeds, walk_depth, down=False) if upstream else _Walk()
 
-    def _add_version(self, out: _Found, node: int) -> str:
-        key = self._key[node]
-        out.heads[key] = self._head[node]
-        return key
+        # Nodes sure to have every edge of their fragment in the answer (module docstring).
+        whole_versions: set[int] = set()
+        whole_runs: set[int] = set()
+        if downstream:
+            whole_versions |= down.expanded - self._many_writers - up.reached
+            whole_runs |= down.runs - self._many_inputs - up.runs
+        if upstream:
+            whole_versions |= up.expanded - self._many_readers - down.reached
+            whole_runs |= up.runs - self._many_outputs - down.runs
+        whole_versions -= down_seeds | up_seeds | set(found.versions)
+        whole_runs -= start_runs
 
-    def _add_run(self, out: _Found, run: int) -> str:
-        key = self._run_key[run]
-        out.heads[key] = self._run_head[run]
-        return key
+        versions = set(found.versions) | down.reached | up.reached
+        runs = down.runs | up.runs | start_runs
+        written: dict[int, bytes] = {}
+        for node in versions - whole_versions:
+            written[node] = self._version_json(node, down, up, start_runs, own_down, own_up)
+        written_runs: dict[int, bytes] = {}
+        job = job_key(found.job.namespace, found.job.name) if found.job is not None else None
+        for run in runs - whole_runs:
+            written_runs[run] = self._run_json(run, down, up, start_runs, own_down, own_up, job)
 
-    def _walk(self, out: _Found, seeds: Sequence[int], depth: int, *, down: bool) -> None:
-        """Every edge from ``seeds`` through at most ``depth`` runs, each version expanded
-        once (at its shortest hop): the recursive CTE of ``adapters/graph.py``."""
-        runs_of = self._readers if down else self._writers
+        key, fragment = self._key, self._fragment
+        ordered = sorted(versions, key=key.__getitem__)
+        pieces = [written[n] if n in written else fragment[n] for n in ordered]
+        if found.job is not None and job is not None:
+            head = node_head(job, NodeType.JOB, job_data_json(found.job))
+            runs_of_job = sorted(self._run_key[r] for r in found.runs)
+            at = bisect_left(ordered, job, key=key.__getitem__)
+            pieces.insert(at, node_json(job, head, (), runs_of_job).encode())
+        run_fragment = self._run_fragment
+        pieces += [
+            written_runs[r] if r in written_runs else run_fragment[r]
+            for r in sorted(runs, key=self._run_key.__getitem__)
+        ]
+        return b'{"graph":[' + b",".join(pieces) + b"]}"
+
+    def _far(self, runs: Iterable[int], *, down: bool) -> Iterable[int]:
+        far = self._outputs if down else self._inputs
+        return chain.from_iterable(far[r] for r in runs)
+
+    def _walk(self, seeds: frozenset[int], depth: int, *, down: bool) -> _Walk:
+        """Breadth first through at most ``depth`` runs, each version expanded once (at its
+        shortest hop): the recursive CTE of ``adapters/graph.py``, a level at a time."""
+        near_runs = self._readers if down else self._writers
         far_of = self._outputs if down else self._inputs
-        seen = set(seeds)
-        frontier: list[int] = sorted(seen)
-        empty: array[int] = array("i")
+        barren = self._no_outputs if down else self._no_inputs  # reached, they add nothing
+        reached, expanded, runs = set(seeds), set[int](), set[int]()
+        frontier: set[int] = set(seeds)
         for _ in range(depth):
             if not frontier:
                 break
-            reached: list[int] = []
-            for node in frontier:
-                near = self._add_version(out, node)
-                for run in runs_of.get(node, empty):
-                    fars = far_of[run]
-                    if not fars:  # no edge: a run that read nothing (or wrote nothing)
-                        continue
-                    run_key_ = self._add_run(out, run)
-                    if down:
-                        out.edge(near, run_key_)
-                    else:
-                        out.edge(run_key_, near)
-                    for far in fars:
-                        far_key = self._add_version(out, far)
-                        if down:
-                            out.edge(run_key_, far_key)
-                        else:
-                            out.edge(far_key, run_key_)
-                        if far not in seen:
-                            seen.add(far)
-                            reached.append(far)
-            frontier = reached
+            expanded |= frontier
+            # ``a - b`` walks the smaller side; ``a -= b`` would walk all of ``b``.
+            new_runs = set(chain.from_iterable([near_runs.get(v, _EMPTY) for v in frontier]))
+            new_runs = new_runs - runs - barren
+            runs |= new_runs
+            frontier = set(chain.from_iterable(map(far_of.__getitem__, new_runs))) - reached
+            reached |= frontier
+        return _Walk(reached, expanded, runs)
+
+    def _version_json(
+        self,
+        node: int,
+        down: _Walk,
+        up: _Walk,
+        start_runs: Set[int],
+        own_down: bool,
+        own_up: bool,
+    ) -> bytes:
+        """The node's fragment if all its edges are in the answer, else its JSON written
+        with the edges that are (writers and readers are kept in id order)."""
+        writers = self._writers.get(node, _EMPTY)
+        readers = self._readers.get(node, _EMPTY)
+        no_inputs, no_outputs = self._no_inputs, self._no_outputs
+        all_in, all_out = node in up.expanded, node in down.expanded
+        down_runs, up_runs = down.runs, up.runs
+        # A start run's own edges: downstream its outputs, upstream its inputs.
+        ins = [
+            r
+            for r in writers
+            if r in down_runs or (all_in and r not in no_inputs) or (own_down and r in start_runs)
+        ]
+        outs = [
+            r
+            for r in readers
+            if r in up_runs or (all_out and r not in no_outputs) or (own_up and r in start_runs)
+        ]
+        fragment = self._fragment[node]
+        if ins == [r for r in writers if r not in no_inputs] and outs == [
+            r for r in readers if r not in no_outputs
+        ]:
+            return fragment
+        quoted = self._run_quoted
+        return _node_bytes(
+            _head_of(fragment),
+            self._quoted[node],
+            [quoted[r] for r in ins],
+            [quoted[r] for r in outs],
+        )
+
+    def _run_json(
+        self,
+        run: int,
+        down: _Walk,
+        up: _Walk,
+        start_runs: Set[int],
+        own_down: bool,
+        own_up: bool,
+        job: str | None,
+    ) -> bytes:
+        """As ``_version_json``, for a run; a job's runs have the job's edge too."""
+        inputs, outputs = self._inputs[run], self._outputs[run]
+        in_down, in_up, start = run in down.runs, run in up.runs, run in start_runs
+        if in_up or (own_up and start):
+            ins = list(inputs)
+        elif in_down:
+            expanded = down.expanded
+            ins = [n for n in inputs if n in expanded]
+        else:
+            ins = []
+        if in_down or (own_down and start):
+            outs = list(outputs)
+        elif in_up:
+            expanded = up.expanded
+            outs = [n for n in outputs if n in expanded]
+        else:
+            outs = []
+        fragment = self._run_fragment[run]
+        whole_ins = list(inputs) if outputs else []
+        whole_outs = list(outputs) if inputs else []
+        if ins == whole_ins and outs == whole_outs and not (job is not None and start):
+            return fragment
+        quoted = self._quoted
+        origins = [quoted[n] for n in ins]
+        if job is not None and start:
+            at = bisect_left([self._key[n] for n in ins], job)
+            origins.insert(at, _quoted(job))
+        return _node_bytes(
+            _head_of(fragment), self._run_quoted[run], origins, [quoted[n] for n in outs]
+        )

@@ -156,6 +156,7 @@ def _apply(index: GraphIndex, rows: GraphRows) -> None:
     index.put_versions(rows.versions)
     index.put_runs(rows.runs)
     index.put_run_io(rows.run_io)
+    index.refresh()
 
 
 _caches: weakref.WeakKeyDictionary[object, GraphCache] = weakref.WeakKeyDictionary()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -147,21 +148,62 @@ def expected(
     return graph_json(graph)
 
 
-@settings(max_examples=100, deadline=None)
-@given(graphs(), st.sampled_from([0, 1, 2, 5]), st.sampled_from(list(Direction)))
-def test_the_index_answers_what_a_plain_walk_finds(
-    graph: tuple[list[VersionInfo], list[RunSpec]], depth: int, direction: Direction
-) -> None:
-    versions, runs = graph
+def build_index(
+    versions: Sequence[VersionInfo], runs: Sequence[RunSpec], order: st.DataObject | None = None
+) -> GraphIndex:
+    """The index of ``versions`` and ``runs``; with ``order``, built as a live copy is: the
+    ``run_io`` rows in a random order and several batches, answering between batches (so
+    each batch changes fragments already written); versions and runs first put with other
+    data (datasets as models and models as datasets), then again, one after the other,
+    after the first batch."""
     index = GraphIndex()
-    index.put_versions(versions)
-    index.put_runs(run_info(i, job) for i, (job, _, _) in enumerate(runs))
-    index.put_run_io(
+    rows = [
         (run_info(i, job).run_id, is_output, node)
         for i, (job, inputs, outputs) in enumerate(runs)
         for is_output, nodes in ((False, inputs), (True, outputs))
         for node in nodes
+    ]
+    if order is None:
+        index.put_versions(versions)
+        index.put_runs(run_info(i, job) for i, (job, _, _) in enumerate(runs))
+        index.put_run_io(rows)
+        return index
+    index.put_versions(
+        replace(v, flags=(), status="quarantined", is_model=not v.is_model) for v in versions
     )
+    index.put_runs(replace(run_info(i, job), state="RUNNING") for i, (job, _, _) in enumerate(runs))
+    rows = order.draw(st.permutations(rows))
+    cuts = sorted(order.draw(st.lists(st.integers(0, len(rows)), max_size=3)))
+    probe = index.lookup(parse_node_id(versions[0].key))
+    batches = [rows[a:b] for a, b in zip([0, *cuts], [*cuts, len(rows)], strict=True)]
+    index.put_run_io(batches[0])
+    index.answer(probe, 2, Direction.BOTH)
+    index.put_runs(run_info(i, job) for i, (job, _, _) in enumerate(runs))
+    index.answer(probe, 2, Direction.BOTH)
+    index.put_versions(versions)
+    for batch in batches[1:]:
+        index.answer(probe, 2, Direction.BOTH)
+        index.put_run_io(batch)
+    return index
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    graphs(),
+    st.sampled_from([0, 1, 2, 5]),
+    st.sampled_from(list(Direction)),
+    st.booleans(),
+    st.data(),
+)
+def test_the_index_answers_what_a_plain_walk_finds(
+    graph: tuple[list[VersionInfo], list[RunSpec]],
+    depth: int,
+    direction: Direction,
+    live: bool,
+    data: st.DataObject,
+) -> None:
+    versions, runs = graph
+    index = build_index(versions, runs, data if live else None)
     ids = [v.key for v in versions] + [f"dataset:{v.namespace}:{v.name}" for v in versions]
     ids += [f"run:{run_info(i, job).run_id}" for i, (job, _, _) in enumerate(runs)]
     ids += [f"job:jobs:job{j}" for j in range(3)]
