@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, Set
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
 from itertools import chain
 from json.encoder import encode_basestring
@@ -90,6 +90,12 @@ def _head_of(fragment: bytes) -> bytes:
     no raw ``]`` and no raw ``"inEdges":[`` (quotes inside ids are escaped), so the last
     occurrences are the node's own."""
     return fragment[: fragment.rfind(_IN_EDGES, 0, fragment.rfind(_OUT_EDGES)) + len(_IN_EDGES)]
+
+
+def _sort(ends: array[int], key: Callable[[int], str]) -> None:
+    """Edge ends in the order of the other node's id, as an answer lists them."""
+    if len(ends) > 1:
+        ends[:] = array("i", sorted(ends, key=key))
 
 
 def _quoted(key: str) -> bytes:
@@ -268,10 +274,8 @@ class GraphIndex:
         for node, head in self._stale_versions.items():
             writers = self._writers.get(node, _EMPTY)
             readers = self._readers.get(node, _EMPTY)
-            if len(writers) > 1:
-                writers[:] = array("i", sorted(writers, key=by_run_key))
-            if len(readers) > 1:
-                readers[:] = array("i", sorted(readers, key=by_run_key))
+            _sort(writers, by_run_key)
+            _sort(readers, by_run_key)
             self._fragment[node] = _node_bytes(
                 head if head is not None else _head_of(self._fragment[node]),
                 quoted[node],
@@ -281,10 +285,8 @@ class GraphIndex:
         self._stale_versions.clear()
         for run, head in self._stale_runs.items():
             inputs, outputs = self._inputs[run], self._outputs[run]
-            if len(inputs) > 1:
-                inputs[:] = array("i", sorted(inputs, key=by_key))
-            if len(outputs) > 1:
-                outputs[:] = array("i", sorted(outputs, key=by_key))
+            _sort(inputs, by_key)
+            _sort(outputs, by_key)
             self._run_fragment[run] = _node_bytes(
                 head if head is not None else _head_of(self._run_fragment[run]),
                 run_quoted[run],
