@@ -8,6 +8,8 @@ __all__ = [
     "CONSUMED",
     "DEAD_LETTERED",
     "HANDLER_SECONDS",
+    "OUTBOX_OLDEST_PENDING_SECONDS",
+    "OUTBOX_PENDING",
     "OUTBOX_PUBLISHED",
     "READY",
     "RETRIES",
@@ -31,5 +33,14 @@ HANDLER_SECONDS = Histogram(
 )
 OUTBOX_PUBLISHED = Counter(
     "consenttrace_outbox_published_total", "Outbox rows published to Kafka.", ["topic"]
+)
+OUTBOX_PENDING = Gauge(
+    "consenttrace_outbox_pending",
+    "Outbox rows committed but not yet published (counted up to 1,000,000; every replica of"
+    " a service reports the same table: take the max).",
+)
+OUTBOX_OLDEST_PENDING_SECONDS = Gauge(
+    "consenttrace_outbox_oldest_pending_seconds",
+    "Age of the oldest unpublished outbox row (0 when none): how far behind the relay is.",
 )
 READY = Gauge("consenttrace_ready", "1 when the service's broker and database are reachable.")

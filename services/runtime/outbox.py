@@ -93,6 +93,17 @@ pending rows) took 20-50 s per claim once 2,000 rows were pending, against 0.1 s
 afresh (``bench/outbox_claim_plan.py``). Planning costs well under a millisecond."""
 
 
+_BACKLOG = """
+SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox WHERE published_at IS NULL LIMIT 1000000) p),
+       COALESCE(extract(epoch FROM now() - (
+           SELECT created_at FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT 1)), 0)
+"""
+"""Pending rows (capped: past a million the count itself would load the server) and the
+oldest one's age, both from the ``outbox_pending`` index."""
+
+BACKLOG_INTERVAL_S = 5.0
+
+
 class OutboxRelay:
     """Publishes committed outbox rows in id order, then marks them published.
 
@@ -107,6 +118,7 @@ class OutboxRelay:
         self._producer = producer
         self._settings = settings
         self._last_purge = 0.0
+        self._last_backlog = 0.0
         self._worker = BackgroundWorker(
             WorkerSpec("outbox-relay", self._step, NOTIFY_CHANNEL),
             WorkerContext(pool, source="outbox"),
@@ -120,6 +132,11 @@ class OutboxRelay:
         await self._worker.stop()
 
     async def _step(self, _: WorkerContext) -> bool:
+        now = time.monotonic()
+        if now - self._last_backlog > BACKLOG_INTERVAL_S:
+            # First, so the gauges move on while publishing keeps failing (broker gone).
+            self._last_backlog = now
+            await self.measure_backlog()
         if await self.relay_once():
             return True
         now = time.monotonic()
@@ -152,6 +169,15 @@ class OutboxRelay:
         for row in rows:
             metrics.OUTBOX_PUBLISHED.labels(row["topic"]).inc()
         return len(rows)
+
+    async def measure_backlog(self) -> tuple[int, float]:
+        """Set the backlog gauges: pending rows and the oldest one's age in seconds."""
+        row = await self._pool.fetchrow(_BACKLOG)
+        assert row is not None
+        pending, age = int(row[0]), float(row[1])
+        metrics.OUTBOX_PENDING.set(pending)
+        metrics.OUTBOX_OLDEST_PENDING_SECONDS.set(age)
+        return pending, age
 
     async def purge_published(self) -> int:
         result: str = await self._pool.execute(

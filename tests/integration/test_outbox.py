@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
+from prometheus_client import REGISTRY
 
 from services.runtime.db import connect_pool
 from services.runtime.outbox import OutboxMessage, OutboxRelay, enqueue
@@ -95,3 +96,26 @@ async def test_the_relay_wakes_on_notify_rather_than_waiting_for_its_poll(
         assert time.monotonic() - started < 30, "published long before the 60 s poll"
     finally:
         await relay.stop()
+
+
+async def test_the_backlog_gauges_say_how_much_waits_and_for_how_long(
+    pool: asyncpg.Pool, producer: AIOKafkaProducer
+) -> None:
+    topic = f"test.backlog.{uuid.uuid4().hex[:8]}"
+    relay = OutboxRelay(pool, producer, ServiceSettings(outbox_batch_size=500))
+    assert await relay.measure_backlog() == (0, 0.0)
+    async with pool.acquire() as conn, conn.transaction():
+        await enqueue(conn, [OutboxMessage(topic, b"k", str(n).encode()) for n in range(7)])
+    await pool.execute("UPDATE outbox SET created_at = now() - interval '90 seconds'")
+    pending, age = await relay.measure_backlog()
+    assert pending == 7
+    assert 90 <= age < 150
+    assert gauge("consenttrace_outbox_pending") == 7
+    assert gauge("consenttrace_outbox_oldest_pending_seconds") == age
+    assert await relay.relay_once() == 7
+    assert await relay.measure_backlog() == (0, 0.0)
+    assert gauge("consenttrace_outbox_pending") == 0
+
+
+def gauge(name: str) -> float | None:
+    return REGISTRY.get_sample_value(name)

@@ -709,6 +709,7 @@ def test_dashboard_queries_only_metrics_the_services_expose() -> None:
         "kafka_consumergroup_lag",
         "consenttrace_dead_lettered_total",
         "consenttrace_outbox_published_total",
+        "consenttrace_outbox_oldest_pending_seconds",
         "consenttrace_ready",
         "consenttrace_handler_retries_total",
     } <= queried
@@ -736,7 +737,11 @@ def test_alerts_query_only_exposed_metrics_and_name_what_they_group_by() -> None
             shown = set()
         _check_query(alert["expr"], shown, f"alert {alert['alert']}")
     queried = set().union(*(parse_promql(a["expr"]).metrics for a in alerts))
-    assert {"kafka_consumergroup_lag", "consenttrace_dead_lettered_total"} <= queried
+    assert {
+        "kafka_consumergroup_lag",
+        "consenttrace_dead_lettered_total",
+        "consenttrace_outbox_oldest_pending_seconds",
+    } <= queried
     monitor = production.named("ServiceMonitor", "consenttrace")
     selector = monitor["spec"]["selector"]["matchLabels"]
     for service in production.of_kind("Service"):
