@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 from uuid import UUID
@@ -185,30 +185,45 @@ class LineageRepository:
         )
         return [DatasetFinding.model_validate_json(r["body"]) for r in rows]
 
-    async def save_finding(self, finding: DatasetFinding) -> None:
-        """The finding's latest state (its messages arrive in order: one key per dataset)."""
-        await self._conn.execute(
+    async def save_findings(self, findings: Sequence[DatasetFinding]) -> None:
+        """Each finding's latest state, in order (its messages arrive in order: one key per
+        dataset; a batch may hold several states of one finding)."""
+        await self._conn.executemany(
             """
             INSERT INTO findings (finding_id, namespace, name, version, severity, status, body)
             VALUES ($1, $2, $3, $4, $5, $6, $7)
             ON CONFLICT (finding_id) DO UPDATE SET status = excluded.status,
                 body = excluded.body, severity = excluded.severity, updated_at = now()
             """,
-            finding.finding_id,
-            finding.dataset.namespace,
-            finding.dataset.name,
-            finding.dataset.version,
-            finding.severity.value,
-            finding.status.value,
-            finding.model_dump(mode="json"),
+            [
+                (
+                    finding.finding_id,
+                    finding.dataset.namespace,
+                    finding.dataset.name,
+                    finding.dataset.version,
+                    finding.severity.value,
+                    finding.status.value,
+                    finding.model_dump(mode="json"),
+                )
+                for finding in findings
+            ],
         )
 
-    async def flags_of_finding(self, finding_id: UUID) -> dict[UUID, ModelFlag]:
+    async def flags_of_findings(
+        self, finding_ids: Iterable[UUID]
+    ) -> dict[UUID, dict[UUID, ModelFlag]]:
+        """The stored flags of each finding, by flag id (an empty dict for one without)."""
+        wanted = sorted(set(finding_ids))
         rows = await self._conn.fetch(
-            "SELECT body::text AS body FROM model_flags WHERE finding_id = $1", finding_id
+            "SELECT finding_id, body::text AS body FROM model_flags"
+            " WHERE finding_id = ANY($1::uuid[])",
+            wanted,
         )
-        flags = (ModelFlag.model_validate_json(r["body"]) for r in rows)
-        return {f.flag_id: f for f in flags}
+        out: dict[UUID, dict[UUID, ModelFlag]] = {finding_id: {} for finding_id in wanted}
+        for row in rows:
+            flag = ModelFlag.model_validate_json(row["body"])
+            out[row["finding_id"]][flag.flag_id] = flag
+        return out
 
     async def downstream_edges(self, namespace: str, name: str, version: str) -> list[LineageEdge]:
         """Every run edge reachable downstream of one dataset version (within ``MAX_DEPTH``

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from uuid import uuid4
 
-from contracts.events import DatasetFinding, FindingStatus
+from contracts.events import DatasetFinding, FindingStatus, ModelFlag
 from contracts.openlineage import RunEvent
 from contracts.topics import MODEL_FLAGS
 from services.lineage.adapters.repository import LineageRepository
@@ -51,32 +51,49 @@ async def on_finding(event: Event[DatasetFinding], uow: UnitOfWork) -> None:
 async def on_findings(events: Sequence[Event[DatasetFinding]], uow: UnitOfWork) -> None:
     """``on_finding`` for a fetched batch, in order, under one graph lock: the graph cannot
     change meanwhile, so each dataset version's downstream walk is done once for all the
-    batch's findings on it (a policy re-reading sends thousands for a few versions)."""
+    batch's findings on it (a policy re-reading sends thousands for a few versions), and
+    the findings, their stored flags and the flags' changes are each one round trip."""
     repo = LineageRepository(uow.connection)
     await repo.lock_graph()
+    findings = [event.body for event in events]
+    await repo.save_findings(findings)
+    stored = await repo.flags_of_findings(f.finding_id for f in findings)
     walks: dict[tuple[str, str, str], list[LineageEdge]] = {}
-    for event in events:
-        await repo.save_finding(event.body)
-        await _sync_flags(uow, repo, event.body, walks)
+    changes: list[ModelFlag] = []
+    for finding in findings:
+        mine = stored[finding.finding_id]
+        changed = flag_changes(finding, await _edges(repo, finding, walks), mine)
+        mine.update((flag.flag_id, flag) for flag in changed)  # a later state sees these
+        changes += changed
+    await _save_and_publish(uow, repo, changes)
 
 
-async def _sync_flags(
-    uow: UnitOfWork,
+async def _sync_flags(uow: UnitOfWork, repo: LineageRepository, finding: DatasetFinding) -> None:
+    stored = await repo.flags_of_findings([finding.finding_id])
+    changes = flag_changes(finding, await _edges(repo, finding), stored[finding.finding_id])
+    await _save_and_publish(uow, repo, changes)
+
+
+async def _edges(
     repo: LineageRepository,
     finding: DatasetFinding,
     walks: dict[tuple[str, str, str], list[LineageEdge]] | None = None,
+) -> list[LineageEdge]:
+    """The run edges downstream of the finding's dataset version, if it flags models."""
+    if finding.status is not FindingStatus.ACTIVE or not finding.severity.flags_models:
+        return []
+    version = (finding.dataset.namespace, finding.dataset.name, finding.dataset.version)
+    edges = walks.get(version) if walks is not None else None
+    if edges is None:
+        edges = await repo.downstream_edges(*version)
+        if walks is not None:
+            walks[version] = edges
+    return edges
+
+
+async def _save_and_publish(
+    uow: UnitOfWork, repo: LineageRepository, changes: Sequence[ModelFlag]
 ) -> None:
-    flags_models = finding.status is FindingStatus.ACTIVE and finding.severity.flags_models
-    edges: list[LineageEdge] = []
-    if flags_models:
-        version = (finding.dataset.namespace, finding.dataset.name, finding.dataset.version)
-        known = walks.get(version) if walks is not None else None
-        if known is None:
-            known = await repo.downstream_edges(*version)
-            if walks is not None:
-                walks[version] = known
-        edges = known
-    changes = flag_changes(finding, edges, await repo.flags_of_finding(finding.finding_id))
     await repo.save_flags(changes, current_trace_id())
     for flag in changes:
         # One message per state: re-activation after a retraction must not look like a
