@@ -98,7 +98,7 @@ class EventConsumer:
             subscription.topic.name,
             batch=True,
             max_records=s.kafka_max_poll_records,
-            batch_timeout_ms=s.kafka_fetch_max_wait_ms,
+            batch_timeout_ms=s.kafka_poll_timeout_ms,
             fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
             group_id=s.consumer_group(subscription.topic.name),
             ack_policy=AckPolicy.MANUAL,

@@ -34,8 +34,12 @@ class ServiceSettings(BaseSettings):
     kafka_max_poll_records: int = Field(default=500, ge=1)
     """Records per fetched batch: one transaction and one offset commit each."""
     kafka_fetch_max_wait_ms: int = Field(default=50, ge=0)
-    """How long a fetch waits for data. Tansu answers only after about half of it even
-    when data arrives, so it is also the latency floor of a hop there; Kafka answers early."""
+    """How long a fetch waits for data at the broker (Kafka answers as soon as data comes)."""
+    kafka_poll_timeout_ms: int = Field(default=10, ge=1)
+    """How long the consume loop waits for records in one poll. FastStream's batch
+    subscriber sleeps as long again after an empty poll, so a record arriving then waits up
+    to twice this: at 50 ms a Kafka hop took 31 ms p50 (Tansu, one record per 100 ms), at 10
+    ms 9.7 ms p50, 15 ms p90. The cost is a few dozen empty polls per second when idle."""
 
     outbox_batch_size: int = Field(default=500, ge=1)
     outbox_poll_interval_s: float = Field(default=1.0, gt=0)
