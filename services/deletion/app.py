@@ -19,7 +19,12 @@ from services.deletion.entrypoints.execution_http import acknowledgement_router
 from services.deletion.entrypoints.execution_http import router as execution_router
 from services.deletion.entrypoints.http import router
 from services.deletion.service.execution import VERIFICATION_WORKER, on_task_result
-from services.deletion.service.handlers import on_consent_event, on_model_flag, on_policy_change
+from services.deletion.service.handlers import (
+    on_consent_event,
+    on_consent_events,
+    on_model_flag,
+    on_policy_change,
+)
 from services.deletion.service.webhooks import WEBHOOK_WORKER
 from services.runtime.consumer import Subscription
 from services.runtime.host import ServiceSpec, create_broker
@@ -36,6 +41,7 @@ SPEC = ServiceSpec(
         Subscription(
             CONSENT_EVENTS,
             on_consent_event,
+            batch_handler=on_consent_events,
             description="Withdrawals requesting (or requiring) erasure → cases.",
         ),
         Subscription(

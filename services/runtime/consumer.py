@@ -41,7 +41,13 @@ from services.runtime.settings import ServiceSettings
 from services.runtime.telemetry import extract_from_headers, tracer
 from services.runtime.unit_of_work import UnitOfWork, unit_of_work
 
-__all__ = ["BatchHandler", "EventConsumer", "EventHandler", "Subscription"]
+__all__ = [
+    "BatchHandler",
+    "EventConsumer",
+    "EventHandler",
+    "Subscription",
+    "continue_trace",
+]
 
 log = logging.getLogger(__name__)
 
@@ -326,10 +332,29 @@ def _decode(sub: Subscription, record: ConsumerRecord[bytes, bytes]) -> Event[An
         offset=record.offset,
         key=record.key,
     )
-    if record.timestamp is not None and record.timestamp > 0:
-        logged_at = datetime.fromtimestamp(record.timestamp / 1000, UTC)
-        event = dataclasses.replace(event, logged_at=logged_at)
-    return event
+    logged_at = (
+        datetime.fromtimestamp(record.timestamp / 1000, UTC)
+        if record.timestamp is not None and record.timestamp > 0
+        else None
+    )
+    return dataclasses.replace(event, logged_at=logged_at, headers=tuple(record.headers or ()))
+
+
+def continue_trace(event: Event[Any]) -> AbstractContextManager[Span]:
+    """A span in the trace of one event of a batch, for what a batch handler does on its
+    behalf: the batch's own span only links to its events' traces, and a row or message
+    that one event caused (a flag, a case) should carry that event's trace."""
+    return tracer().start_as_current_span(
+        f"{event.topic} process one",
+        context=extract_from_headers(list(event.headers)),
+        kind=SpanKind.CONSUMER,
+        attributes={
+            "messaging.system": "kafka",
+            "messaging.destination.name": event.topic,
+            "messaging.kafka.destination.partition": event.partition,
+            "messaging.kafka.message.offset": event.offset,
+        },
+    )
 
 
 def _span(record: ConsumerRecord[bytes, bytes]) -> AbstractContextManager[Span]:

@@ -35,6 +35,8 @@ class Event(Generic[T]):
     """The record's Kafka timestamp: when the broker appended it (a topic with
     ``message.timestamp.type=LogAppendTime``) or when its producer created it (the
     default). The same on every replay, unlike the consumer's clock."""
+    headers: tuple[tuple[str, bytes], ...] = ()
+    """The record's headers, its trace context among them (``consumer.continue_trace``)."""
 
     @property
     def id(self) -> str:

@@ -25,6 +25,7 @@ from services.lineage.service.handlers import on_finding, on_findings
 from services.runtime.db import connect_pool
 from services.runtime.messages import Event
 from services.runtime.settings import ServiceSettings
+from services.runtime.telemetry import tracer
 from services.runtime.testing import migrate_service
 from services.runtime.unit_of_work import unit_of_work
 
@@ -60,7 +61,11 @@ async def build(pool: asyncpg.Pool) -> None:
 
 
 def finding(
-    finding_id: uuid.UUID, dataset: str, status: FindingStatus, severity: Severity
+    finding_id: uuid.UUID,
+    dataset: str,
+    status: FindingStatus,
+    severity: Severity,
+    trace_id: str | None = None,
 ) -> Event[DatasetFinding]:
     body = DatasetFinding(
         finding_id=finding_id,
@@ -76,7 +81,8 @@ def finding(
         detected_at=datetime(2026, 1, 1, tzinfo=UTC),
     )
     envelope = Envelope.new(type=FINDINGS.event_type, source="/test", subject=body.dataset.key)
-    return Event(envelope, body, FINDINGS.name, 0, 0, None)
+    headers = (("traceparent", f"00-{trace_id}-{'1' * 16}-01".encode()),) if trace_id else ()
+    return Event(envelope, body, FINDINGS.name, 0, 0, None, headers=headers)
 
 
 async def outcome(pool: asyncpg.Pool) -> tuple[list[tuple[object, ...]], list[tuple[str, str]]]:
@@ -130,3 +136,35 @@ async def test_a_batch_flags_and_publishes_what_one_at_a_time_does(
     assert {r[1] for r in batch_flags} == {f1, f2}
     # f1 raised (4 models), f2 raised (m3, m4), f1 retracted, f1 raised again, f2 retracted.
     assert len(batch_published) == 4 + 2 + 4 + 4 + 2
+
+
+async def test_each_flag_carries_the_trace_of_the_finding_that_changed_it(
+    make_database: Callable[[str], str],
+) -> None:
+    """The batch's own span only links to its events' traces: a flag row and its message
+    must still say which finding's trace they belong to (evidence follows one trace)."""
+    traces = {name: uuid.uuid4().hex for name in ("d1", "d2")}
+    events = [
+        finding(uuid.uuid4(), name, FindingStatus.ACTIVE, Severity.DESTROY_REQUIRED, trace)
+        for name, trace in traces.items()
+    ]
+    database = make_database("lineage_batch_traces")
+    migrate_service("lineage", database)
+    pool = await connect_pool(ServiceSettings(database_url=database))
+    try:
+        await build(pool)
+        with tracer().start_as_current_span("a batch of two"):
+            async with unit_of_work(pool, SOURCE) as uow:
+                await on_findings(events, uow)
+        rows = await pool.fetch("SELECT finding_id, name, trace_id FROM model_flags")
+        messages = await pool.fetch("SELECT value, header_names, header_values FROM outbox")
+    finally:
+        await pool.close()
+    by_finding = {e.body.finding_id: traces[e.body.dataset.name] for e in events}
+    assert len(rows) == 4 + 2  # d1: m1-m4; d2: m3, m4
+    assert all(r["trace_id"] == by_finding[r["finding_id"]] for r in rows)
+    assert len(messages) == len(rows)
+    for message in messages:
+        headers = dict(zip(message["header_names"], message["header_values"], strict=True))
+        finding_id = uuid.UUID(json.loads(message["value"])["finding_id"])
+        assert headers["traceparent"].decode().split("-")[1] == by_finding[finding_id]

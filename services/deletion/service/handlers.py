@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from contracts.events import ConsentEvent, ModelFlag, PolicyChange
 from contracts.policy import PolicyDocument
 from services.deletion.domain.cases import case_for_erasure, case_for_flag
 from services.deletion.service.cases import open_case
+from services.runtime.consumer import continue_trace
 from services.runtime.messages import Event
 from services.runtime.unit_of_work import UnitOfWork
 
-__all__ = ["on_consent_event", "on_model_flag", "on_policy_change"]
+__all__ = ["on_consent_event", "on_consent_events", "on_model_flag", "on_policy_change"]
 
 
 async def on_model_flag(event: Event[ModelFlag], uow: UnitOfWork) -> None:
@@ -23,9 +25,18 @@ async def on_model_flag(event: Event[ModelFlag], uow: UnitOfWork) -> None:
 async def on_consent_event(event: Event[ConsentEvent], uow: UnitOfWork) -> None:
     """A withdrawal that requests erasure, or that the policy says requires erasure, opens
     a subject-erasure case (once per withdrawal)."""
+    await on_consent_events([event], uow)
+
+
+async def on_consent_events(events: Sequence[Event[ConsentEvent]], uow: UnitOfWork) -> None:
+    """``on_consent_event`` for a fetched batch: the policy versions are read and parsed
+    once for the batch, not once per event (most events open no case at all). A case is
+    opened in the trace of the withdrawal that asked for it."""
     policies = await _policies(uow)
-    if (case := case_for_erasure(event.body, policies)) is not None:
-        await open_case(uow, case)
+    for event in events:
+        if (case := case_for_erasure(event.body, policies)) is not None:
+            with continue_trace(event):
+                await open_case(uow, case)
 
 
 async def on_policy_change(event: Event[PolicyChange], uow: UnitOfWork) -> None:

@@ -249,8 +249,9 @@ class LineageRepository:
             for src, run_id, dst, src_model, dst_model in edges
         ]
 
-    async def save_flags(self, flags: Sequence[ModelFlag], trace_id: str | None) -> None:
-        """Store each flag's current state (new, new path, retracted, active again)."""
+    async def save_flags(self, flags: Sequence[tuple[ModelFlag, str | None]]) -> None:
+        """Store each flag's current state (new, new path, retracted, active again), with
+        the trace id of what changed it."""
         await self._conn.executemany(
             """
             INSERT INTO model_flags (flag_id, namespace, name, version, finding_id,
@@ -271,7 +272,7 @@ class LineageRepository:
                     flag.model_dump(mode="json"),
                     trace_id,
                 )
-                for flag in flags
+                for flag, trace_id in flags
             ],
         )
 

@@ -16,6 +16,7 @@ from contracts.openlineage import RunEvent
 from contracts.topics import MODEL_FLAGS
 from services.lineage.adapters.repository import LineageRepository
 from services.lineage.domain.propagation import LineageEdge, flag_changes
+from services.runtime.consumer import continue_trace
 from services.runtime.messages import Event
 from services.runtime.telemetry import current_trace_id
 from services.runtime.unit_of_work import UnitOfWork
@@ -52,26 +53,29 @@ async def on_findings(events: Sequence[Event[DatasetFinding]], uow: UnitOfWork) 
     """``on_finding`` for a fetched batch, in order, under one graph lock: the graph cannot
     change meanwhile, so each dataset version's downstream walk is done once for all the
     batch's findings on it (a policy re-reading sends thousands for a few versions), and
-    the findings, their stored flags and the flags' changes are each one round trip."""
+    the findings, their stored flags and the flags' changes are each one round trip. Each
+    flag is stored and published in the trace of the finding that changed it."""
     repo = LineageRepository(uow.connection)
     await repo.lock_graph()
     findings = [event.body for event in events]
     await repo.save_findings(findings)
     stored = await repo.flags_of_findings(f.finding_id for f in findings)
     walks: dict[tuple[str, str, str], list[LineageEdge]] = {}
-    changes: list[ModelFlag] = []
-    for finding in findings:
+    changes: list[tuple[ModelFlag, str | None]] = []
+    for event in events:
+        finding = event.body
         mine = stored[finding.finding_id]
         changed = flag_changes(finding, await _edges(repo, finding, walks), mine)
         mine.update((flag.flag_id, flag) for flag in changed)  # a later state sees these
-        changes += changed
-    await _save_and_publish(uow, repo, changes)
+        with continue_trace(event):
+            changes += _publish(uow, changed)
+    await repo.save_flags(changes)
 
 
 async def _sync_flags(uow: UnitOfWork, repo: LineageRepository, finding: DatasetFinding) -> None:
     stored = await repo.flags_of_findings([finding.finding_id])
     changes = flag_changes(finding, await _edges(repo, finding), stored[finding.finding_id])
-    await _save_and_publish(uow, repo, changes)
+    await repo.save_flags(_publish(uow, changes))
 
 
 async def _edges(
@@ -91,11 +95,11 @@ async def _edges(
     return edges
 
 
-async def _save_and_publish(
-    uow: UnitOfWork, repo: LineageRepository, changes: Sequence[ModelFlag]
-) -> None:
-    await repo.save_flags(changes, current_trace_id())
+def _publish(uow: UnitOfWork, changes: Sequence[ModelFlag]) -> list[tuple[ModelFlag, str | None]]:
+    """Publish each flag's new state in the current trace; the flags with that trace id."""
     for flag in changes:
         # One message per state: re-activation after a retraction must not look like a
         # duplicate to consumers, so each state gets a fresh id.
         uow.publish(MODEL_FLAGS, flag, key=flag.model.key, event_id=str(uuid4()))
+    trace_id = current_trace_id()
+    return [(flag, trace_id) for flag in changes]
