@@ -344,30 +344,38 @@ def continue_trace(event: Event[Any]) -> AbstractContextManager[Span]:
     """A span in the trace of one event of a batch, for what a batch handler does on its
     behalf: the batch's own span only links to its events' traces, and a row or message
     that one event caused (a flag, a case) should carry that event's trace."""
-    return tracer().start_as_current_span(
+    return _consumer_span(
         f"{event.topic} process one",
-        context=extract_from_headers(list(event.headers)),
-        kind=SpanKind.CONSUMER,
-        attributes={
-            "messaging.system": "kafka",
-            "messaging.destination.name": event.topic,
-            "messaging.kafka.destination.partition": event.partition,
-            "messaging.kafka.message.offset": event.offset,
-        },
+        event.topic,
+        event.partition,
+        event.offset,
+        list(event.headers),
     )
 
 
 def _span(record: ConsumerRecord[bytes, bytes]) -> AbstractContextManager[Span]:
     """A consumer span continuing the producer's trace (``traceparent`` header)."""
-    return tracer().start_as_current_span(
+    return _consumer_span(
         f"{record.topic} process",
-        context=extract_from_headers(list(record.headers or ())),
+        record.topic,
+        record.partition,
+        record.offset,
+        list(record.headers or ()),
+    )
+
+
+def _consumer_span(
+    name: str, topic: str, partition: int, offset: int, headers: list[tuple[str, bytes]]
+) -> AbstractContextManager[Span]:
+    return tracer().start_as_current_span(
+        name,
+        context=extract_from_headers(headers),
         kind=SpanKind.CONSUMER,
         attributes={
             "messaging.system": "kafka",
-            "messaging.destination.name": record.topic,
-            "messaging.kafka.destination.partition": record.partition,
-            "messaging.kafka.message.offset": record.offset,
+            "messaging.destination.name": topic,
+            "messaging.kafka.destination.partition": partition,
+            "messaging.kafka.message.offset": offset,
         },
     )
 

@@ -92,6 +92,13 @@ def _head_of(fragment: bytes) -> bytes:
     return fragment[: fragment.rfind(_IN_EDGES, 0, fragment.rfind(_OUT_EDGES)) + len(_IN_EDGES)]
 
 
+def _ends(ends: array[int], every: bool, those_in: Set[int] | None) -> list[int]:
+    """A run's edge ends in an answer: all of them, those in a set, or none."""
+    if every:
+        return list(ends)
+    return [] if those_in is None else [n for n in ends if n in those_in]
+
+
 def _sort(ends: array[int], key: Callable[[int], str]) -> None:
     """Edge ends in the order of the other node's id, as an answer lists them."""
     if len(ends) > 1:
@@ -466,20 +473,8 @@ class GraphIndex:
         """As ``_version_json``, for a run; a job's runs have the job's edge too."""
         inputs, outputs = self._inputs[run], self._outputs[run]
         in_down, in_up, start = run in down.runs, run in up.runs, run in start_runs
-        if in_up or (own_up and start):
-            ins = list(inputs)
-        elif in_down:
-            expanded = down.expanded
-            ins = [n for n in inputs if n in expanded]
-        else:
-            ins = []
-        if in_down or (own_down and start):
-            outs = list(outputs)
-        elif in_up:
-            expanded = up.expanded
-            outs = [n for n in outputs if n in expanded]
-        else:
-            outs = []
+        ins = _ends(inputs, in_up or (own_up and start), down.expanded if in_down else None)
+        outs = _ends(outputs, in_down or (own_down and start), up.expanded if in_up else None)
         fragment = self._run_fragment[run]
         whole_ins = list(inputs) if outputs else []
         whole_outs = list(outputs) if inputs else []
