@@ -1,6 +1,9 @@
 """Transactional outbox: rows written with the state change, relayed to Kafka after commit.
 
 Rows are claimed with ``FOR UPDATE SKIP LOCKED`` so several relays (replicas) can run.
+Once a minute the relay also drops published rows past ``OUTBOX_RETENTION_S`` and
+consumed event ids past ``INBOX_RETENTION_S`` (the inbox's housekeeping lives here: every
+service runs a relay).
 A row is only published when every older unpublished row with the same key is in the
 same claim, which keeps per-key order across relays; the relay wakes on
 ``LISTEN/NOTIFY`` and polls as a fallback.
@@ -142,6 +145,7 @@ class OutboxRelay:
         now = time.monotonic()
         if now - self._last_purge > 60:
             await self.purge_published()
+            await self.purge_inbox()
             self._last_purge = now
         return False
 
@@ -178,6 +182,25 @@ class OutboxRelay:
         metrics.OUTBOX_PENDING.set(pending)
         metrics.OUTBOX_OLDEST_PENDING_SECONDS.set(age)
         return pending, age
+
+    async def purge_inbox(self, batch: int = 10_000, rounds: int = 10) -> int:
+        """Forget consumed event ids past ``INBOX_RETENTION_S``, a batch at a time (at most
+        ``rounds`` batches now; the rest on the next purge)."""
+        if not self._settings.inbox_retention_s:
+            return 0
+        purged = 0
+        for _ in range(rounds):
+            result: str = await self._pool.execute(
+                "DELETE FROM inbox WHERE event_id IN (SELECT event_id FROM inbox"
+                " WHERE processed_at < now() - make_interval(secs => $1) LIMIT $2)",
+                self._settings.inbox_retention_s,
+                batch,
+            )
+            done = int(result.split()[-1])
+            purged += done
+            if done < batch:
+                break
+        return purged
 
     async def purge_published(self) -> int:
         result: str = await self._pool.execute(

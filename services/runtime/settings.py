@@ -47,6 +47,11 @@ class ServiceSettings(BaseSettings):
     outbox_poll_interval_s: float = Field(default=1.0, gt=0)
     """Fallback poll when no NOTIFY arrives (a missed notification is never lost work)."""
     outbox_retention_s: float = Field(default=86_400, ge=0)
+    inbox_retention_s: float = Field(default=604_800, ge=0)
+    """How long a consumed event's id is kept to recognise it if it comes again (0: for
+    ever). Kafka redelivers what a consumer had not committed, seconds or minutes old; an
+    event older than this arriving again (a group reset to an old offset) is processed
+    again, as on a replay into empty databases."""
 
     http_keep_alive_s: float = Field(default=65.0, gt=0)
     """Idle HTTP keep-alive; above common client/proxy expiries (5 s races httpx's)."""

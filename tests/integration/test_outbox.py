@@ -119,3 +119,21 @@ async def test_the_backlog_gauges_say_how_much_waits_and_for_how_long(
 
 def gauge(name: str) -> float | None:
     return REGISTRY.get_sample_value(name)
+
+
+async def test_the_inbox_forgets_event_ids_past_its_retention(
+    pool: asyncpg.Pool, producer: AIOKafkaProducer
+) -> None:
+    relay = OutboxRelay(pool, producer, ServiceSettings(inbox_retention_s=3600))
+    await pool.executemany(
+        "INSERT INTO inbox (event_id, topic, processed_at)"
+        " VALUES ($1, 't', now() - make_interval(secs => $2))",
+        [(f"old-{n}", 7200.0) for n in range(25)] + [(f"new-{n}", 60.0) for n in range(5)],
+    )
+    assert await relay.purge_inbox(batch=10) == 25  # three batches, the last one short
+    left = await pool.fetch("SELECT event_id FROM inbox ORDER BY event_id")
+    assert [r["event_id"] for r in left] == [f"new-{n}" for n in range(5)]
+    keep_all = OutboxRelay(pool, producer, ServiceSettings(inbox_retention_s=0))
+    await pool.execute("UPDATE inbox SET processed_at = now() - interval '400 days'")
+    assert await keep_all.purge_inbox() == 0
+    assert await pool.fetchval("SELECT count(*) FROM inbox") == 5
