@@ -1,12 +1,13 @@
 """Transactional outbox: rows written with the state change, relayed to Kafka after commit.
 
 Rows are claimed with ``FOR UPDATE SKIP LOCKED`` so several relays (replicas) can run.
-Once a minute the relay also drops published rows past ``OUTBOX_RETENTION_S`` and
-consumed event ids past ``INBOX_RETENTION_S`` (the inbox's housekeeping lives here: every
-service runs a relay).
 A row is only published when every older unpublished row with the same key is in the
 same claim, which keeps per-key order across relays; the relay wakes on
 ``LISTEN/NOTIFY`` and polls as a fallback.
+
+Every 5 s the relay sets the backlog gauges; once a minute it drops published rows past
+``OUTBOX_RETENTION_S`` and consumed event ids past ``INBOX_RETENTION_S`` (the inbox's
+housekeeping lives here: every service runs a relay).
 """
 
 from __future__ import annotations
