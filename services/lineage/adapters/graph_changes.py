@@ -3,7 +3,7 @@ and pruning of the change log (``lineage_0005``). Raw SQL on asyncpg."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -40,7 +40,6 @@ SELECT coalesce(array_agg(run_id), '{{}}'), coalesce(array_agg(direction = 'outp
        coalesce(array_agg(node_id), '{{}}')
 FROM run_io {where}
 """
-ALL_RUN_IO_SQL = RUN_IO_SQL.format(where="")
 SOME_RUN_IO_SQL = RUN_IO_SQL.format(where="WHERE run_id = ANY($1::uuid[])")
 
 PRUNE_SQL = """
@@ -113,20 +112,28 @@ class GraphChangeLog:
         assert row is not None
         return Changes(row[0], bool(row[1]), tuple(row[2]), tuple(row[3]))
 
-    async def read_all(self) -> GraphRows:
-        """The whole graph; call inside a REPEATABLE READ transaction."""
+    async def read_all(self, chunk: int = 20_000) -> AsyncIterator[GraphRows]:
+        """The whole graph, a chunk at a time: every version first, then runs with their
+        ``run_io`` rows (so a chunk names only versions already given). Call inside a
+        REPEATABLE READ transaction: every chunk is of the same snapshot. Chunks keep the
+        rows in memory at once small (the whole graph as Python objects was hundreds of
+        MB on top of the copy) and let the caller yield between them."""
         snapshot = str(await self._conn.fetchval(SNAPSHOT_SQL))
+        yield GraphRows(snapshot, (), (), ())  # the snapshot, even of an empty graph
         await self._graph.tune_reads()
-        versions = await self._graph.versions(await self._conn.fetchval(ALL_NODE_IDS_SQL))
-        runs = await self._graph.runs(await self._conn.fetchval(ALL_RUN_IDS_SQL))
-        row = await self._conn.fetchrow(ALL_RUN_IO_SQL)
-        assert row is not None
-        return GraphRows(
-            snapshot,
-            list(versions.values()),
-            list(runs.values()),
-            list(zip(row[0], row[1], row[2], strict=True)),
-        )
+        node_ids = list(await self._conn.fetchval(ALL_NODE_IDS_SQL))
+        for at in range(0, len(node_ids), chunk):
+            versions = await self._graph.versions(node_ids[at : at + chunk])
+            yield GraphRows(snapshot, list(versions.values()), (), ())
+        del node_ids
+        run_ids = list(await self._conn.fetchval(ALL_RUN_IDS_SQL))
+        for at in range(0, len(run_ids), chunk):
+            some = run_ids[at : at + chunk]
+            runs = await self._graph.runs(some)
+            row = await self._conn.fetchrow(SOME_RUN_IO_SQL, some)
+            assert row is not None
+            run_io = list(zip(row[0], row[1], row[2], strict=True))
+            yield GraphRows(snapshot, (), list(runs.values()), run_io)
 
     async def read_some(
         self, snapshot: str, node_ids: Sequence[int], run_ids: Sequence[UUID]

@@ -271,14 +271,19 @@ class GraphIndex:
     def has_version(self, node_id: int) -> bool:
         return node_id in self._key
 
-    def refresh(self) -> None:
+    def refresh(self, limit: int | None = None) -> bool:
         """Sort the changed nodes' edge ends in id order and write their fragments again
-        (``answer`` does it first if needed; callers may do it earlier, off the answer)."""
+        (``answer`` does it first if needed; callers may do it earlier, off the answer).
+        With ``limit``, at most that many nodes now; returns whether some are left."""
         key, run_key_ = self._key, self._run_key
         quoted, run_quoted = self._quoted, self._run_quoted
         no_inputs, no_outputs = self._no_inputs, self._no_outputs
         by_run_key, by_key = run_key_.__getitem__, key.__getitem__
-        for node, head in self._stale_versions.items():
+        stale_versions, stale_runs = self._stale_versions, self._stale_runs
+        budget = len(stale_versions) + len(stale_runs) if limit is None else limit
+        while stale_versions and budget > 0:
+            node, head = stale_versions.popitem()
+            budget -= 1
             writers = self._writers.get(node, _EMPTY)
             readers = self._readers.get(node, _EMPTY)
             _sort(writers, by_run_key)
@@ -289,8 +294,9 @@ class GraphIndex:
                 [run_quoted[r] for r in writers if r not in no_inputs],
                 [run_quoted[r] for r in readers if r not in no_outputs],
             )
-        self._stale_versions.clear()
-        for run, head in self._stale_runs.items():
+        while stale_runs and budget > 0:
+            run, head = stale_runs.popitem()
+            budget -= 1
             inputs, outputs = self._inputs[run], self._outputs[run]
             _sort(inputs, by_key)
             _sort(outputs, by_key)
@@ -300,10 +306,12 @@ class GraphIndex:
                 [quoted[n] for n in inputs] if outputs else [],
                 [quoted[n] for n in outputs] if inputs else [],
             )
-        self._stale_runs.clear()
+        if stale_versions or stale_runs:
+            return True
         # A set keeps its table when emptied (all runs start here and most leave at once):
         # copies are sized to what they hold, for the walk's set algebra.
         self._no_inputs, self._no_outputs = set(no_inputs), set(no_outputs)
+        return False
 
     # --------------------------------------------------------------------------- lookups
 

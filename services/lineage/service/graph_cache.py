@@ -42,6 +42,8 @@ PRUNED_TXIDS_RETENTION_S = 86_400.0
 """How long the transactions that lost change rows are remembered: past it, a copy whose
 last look is older than the newest forgotten one is re-read whole."""
 PRUNE_BATCH = 10_000
+LOAD_CHUNK = 20_000
+"""Versions or runs per read (and fragments per step) while the copy loads."""
 
 
 class NotCached(Exception):
@@ -111,14 +113,18 @@ class GraphCache:
                     self._max_versions,
                 )
                 return
+            index, snapshot = GraphIndex(), ""
             async with conn.transaction(isolation="repeatable_read", readonly=True):
-                rows = await changes.read_all()
-                rows_snapshot = rows.snapshot
-        index = GraphIndex()
-        _apply(index, rows)
-        del rows
+                async for rows in changes.read_all(LOAD_CHUNK):
+                    _put(index, rows)
+                    snapshot = rows.snapshot
+        # Fragments a chunk at a time too, letting requests and consumers run in between.
+        more = True
+        while more:
+            more = index.refresh(limit=LOAD_CHUNK)
+            await asyncio.sleep(0)
         self.reloads += 1
-        self._index, self._snapshot = index, rows_snapshot
+        self._index, self._snapshot = index, snapshot
         # The copy lives until the next whole read: keep the collector's full passes off it.
         gc.freeze()
         log.info(
@@ -152,10 +158,14 @@ class GraphCache:
         self._snapshot = rows.snapshot
 
 
-def _apply(index: GraphIndex, rows: GraphRows) -> None:
+def _put(index: GraphIndex, rows: GraphRows) -> None:
     index.put_versions(rows.versions)
     index.put_runs(rows.runs)
     index.put_run_io(rows.run_io)
+
+
+def _apply(index: GraphIndex, rows: GraphRows) -> None:
+    _put(index, rows)
     index.refresh()
 
 

@@ -163,10 +163,12 @@ def build_index(
         for is_output, nodes in ((False, inputs), (True, outputs))
         for node in nodes
     ]
-    if order is None:
+    if order is None:  # as a copy loads: all at once, fragments written a few at a time
         index.put_versions(versions)
         index.put_runs(run_info(i, job) for i, (job, _, _) in enumerate(runs))
         index.put_run_io(rows)
+        while index.refresh(limit=3):
+            pass
         return index
     index.put_versions(
         replace(v, flags=(), status="quarantined", is_model=not v.is_model) for v in versions
