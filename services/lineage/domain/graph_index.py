@@ -112,21 +112,40 @@ def _quoted(key: str) -> bytes:
 
 def _node_bytes(head: bytes, me: bytes, origins: list[bytes], destinations: list[bytes]) -> bytes:
     """As ``graph.node_json``, from quoted ids in bytes (the other ends, in id order)."""
-    ins = (
+    return head + _in_edges(me, origins) + _OUT_EDGES + _out_edges(me, destinations) + b"]}"
+
+
+def _in_edges(me: bytes, origins: list[bytes]) -> bytes:
+    if not origins:
+        return b""
+    return (
         b'{"origin":'
         + (b',"destination":' + me + b'},{"origin":').join(origins)
         + b',"destination":' + me + b"}"
-        if origins
-        else b""
     )  # fmt: skip
-    outs = (
+
+
+def _out_edges(me: bytes, destinations: list[bytes]) -> bytes:
+    if not destinations:
+        return b""
+    return (
         b'{"origin":' + me + b',"destination":'
         + (b'},{"origin":' + me + b',"destination":').join(destinations)
         + b"}"
-        if destinations
-        else b""
     )  # fmt: skip
-    return head + ins + _OUT_EDGES + outs + b"]}"
+
+
+def _with_in_edges(fragment: bytes, me: bytes, origins: list[bytes]) -> bytes:
+    """A fragment with other in-edges, its out-edges kept (no rewriting of what stays)."""
+    mid = fragment.rfind(_OUT_EDGES)
+    cut = fragment.rfind(_IN_EDGES, 0, mid) + len(_IN_EDGES)
+    return fragment[:cut] + _in_edges(me, origins) + fragment[mid:]
+
+
+def _with_out_edges(fragment: bytes, me: bytes, destinations: list[bytes]) -> bytes:
+    """A fragment with other out-edges, its in-edges kept."""
+    cut = fragment.rfind(_OUT_EDGES) + len(_OUT_EDGES)
+    return fragment[:cut] + _out_edges(me, destinations) + b"]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,6 +462,24 @@ class GraphIndex:
         readers = self._readers.get(node, _EMPTY)
         no_inputs, no_outputs = self._no_inputs, self._no_outputs
         all_in, all_out = node in up.expanded, node in down.expanded
+        if not (own_down or own_up):
+            # Expanded by one walk only: that side is whole; the other is a subset.
+            if all_out and node not in up.reached:
+                ins = [r for r in writers if r in down.runs]
+                if ins == [r for r in writers if r not in no_inputs]:
+                    return self._fragment[node]
+                quoted_runs = self._run_quoted
+                return _with_in_edges(
+                    self._fragment[node], self._quoted[node], [quoted_runs[r] for r in ins]
+                )
+            if all_in and node not in down.reached:
+                outs = [r for r in readers if r in up.runs]
+                if outs == [r for r in readers if r not in no_outputs]:
+                    return self._fragment[node]
+                quoted_runs = self._run_quoted
+                return _with_out_edges(
+                    self._fragment[node], self._quoted[node], [quoted_runs[r] for r in outs]
+                )
         down_runs, up_runs = down.runs, up.runs
         # A start run's own edges: downstream its outputs, upstream its inputs.
         ins = [
@@ -481,6 +518,25 @@ class GraphIndex:
         """As ``_version_json``, for a run; a job's runs have the job's edge too."""
         inputs, outputs = self._inputs[run], self._outputs[run]
         in_down, in_up, start = run in down.runs, run in up.runs, run in start_runs
+        if in_down != in_up and not start:
+            # Reached by one walk only (so it has inputs and outputs): downstream its
+            # outputs are whole and its inputs those expanded; upstream the other way.
+            quoted = self._quoted
+            if in_down:
+                expanded = down.expanded
+                ins = [n for n in inputs if n in expanded]
+                if len(ins) == len(inputs):
+                    return self._run_fragment[run]
+                return _with_in_edges(
+                    self._run_fragment[run], self._run_quoted[run], [quoted[n] for n in ins]
+                )
+            expanded = up.expanded
+            outs = [n for n in outputs if n in expanded]
+            if len(outs) == len(outputs):
+                return self._run_fragment[run]
+            return _with_out_edges(
+                self._run_fragment[run], self._run_quoted[run], [quoted[n] for n in outs]
+            )
         ins = _ends(inputs, in_up or (own_up and start), down.expanded if in_down else None)
         outs = _ends(outputs, in_down or (own_down and start), up.expanded if in_up else None)
         fragment = self._run_fragment[run]
