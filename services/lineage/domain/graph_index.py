@@ -18,8 +18,9 @@ set algebra alone tells which nodes have all their edges in the answer (in a dow
 walk, a version with one writer, a run with one input; upstream, a version with one
 reader, a run with one output); their fragments are copied as they are. Only the others
 (the start, the depth boundary, runs reading several versions of which the walk reached
-some…) have their edge lists worked out and their JSON written, from their fragment's
-head. The answer is the fragments joined in node id order.
+some…) have their edge lists worked out and their JSON written from their fragment: of a
+node reached by one walk only, just the partial side (a run's inputs downstream, a version's
+readers upstream). The answer is the fragments joined in node id order.
 
 Which edges a node has in an answer (D/U: the downstream/upstream walk; E: versions it
 expanded, R: runs it reached; a run is reached only if it has something on the far side):
