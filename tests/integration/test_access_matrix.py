@@ -20,7 +20,6 @@ import contextlib
 import importlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +34,7 @@ from openlineage.client.transport.http import ApiKeyTokenProvider, HttpConfig, H
 from starlette.convertors import IntegerConvertor, PathConvertor
 
 from services.runtime.auth import Role, Rule
-from services.runtime.testing import DevKeys, ServiceProcess, migrate_service, role_keys
+from services.runtime.testing import DevKeys, ServiceProcess, role_keys, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -70,27 +69,16 @@ def stack(
 ) -> Iterator[Stack]:
     log_dir = Path(tmp_path_factory.mktemp("access-matrix"))
     keys, auth_env = role_keys(log_dir / "keys")
-    services: dict[str, ServiceProcess] = {}
-    for name in SERVICES:
-        database = make_database(f"access_{name}")
-        migrate_service(name, database)
-        services[name] = ServiceProcess(
-            name,
-            database,
-            kafka_bootstrap,
-            log_dir,
-            idempotence=kafka_idempotence,
-            extra_env=auth_env,
-        )
-    try:
-        for service in services.values():
-            service.start()
-        with ThreadPoolExecutor(len(services)) as pool:  # the four start at once
-            list(pool.map(lambda s: s.wait_ready(), services.values()))
+    with running_stack(
+        SERVICES,
+        make_database,
+        kafka_bootstrap,
+        log_dir,
+        idempotence=kafka_idempotence,
+        label="access",
+        extra_env=auth_env,
+    ) as services:
         yield Stack(keys, services)
-    finally:
-        for service in services.values():
-            service.stop()
 
 
 def _path_value(name: str, convertor: object) -> str:

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import pytest
 from services.runtime import embedded
 from services.runtime.auth import DEV_PRINCIPALS, Role
 from services.runtime.ctl.app import main
-from services.runtime.testing import DevKeys, ServiceProcess, migrate_service, role_keys
+from services.runtime.testing import DevKeys, ServiceProcess, role_keys, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -50,27 +49,16 @@ def stack(
 ) -> Iterator[Stack]:
     log_dir = Path(tmp_path_factory.mktemp("ctl"))
     keys, auth_env = role_keys(log_dir / "keys")
-    services: dict[str, ServiceProcess] = {}
-    for name in SERVICES:
-        database = make_database(f"ctl_{name}")
-        migrate_service(name, database)
-        services[name] = ServiceProcess(
-            name,
-            database,
-            kafka_bootstrap,
-            log_dir,
-            idempotence=kafka_idempotence,
-            extra_env=auth_env,
-        )
-    try:
-        for service in services.values():
-            service.start()
-        with ThreadPoolExecutor(len(services)) as pool:  # both start at once
-            list(pool.map(lambda s: s.wait_ready(), services.values()))
+    with running_stack(
+        SERVICES,
+        make_database,
+        kafka_bootstrap,
+        log_dir,
+        idempotence=kafka_idempotence,
+        label="ctl",
+        extra_env=auth_env,
+    ) as services:
         yield Stack(keys, services)
-    finally:
-        for service in services.values():
-            service.stop()
 
 
 class Cli:
