@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -407,13 +408,7 @@ class Bench:
 
     def stop(self) -> None:
         self.stop_services()
-        if self.databases:
-            try:
-                embedded.drop_databases_sync(self.server_url, self.databases, force=True)
-            except Exception as exc:
-                print(f"could not drop databases {self.databases}: {exc!r}", file=sys.stderr)
-        if self.broker is not None:
-            self.broker.stop()
+        drop_and_stop(self.server_url, self.databases, self.broker)
 
 
 def postgres_server_url() -> str:
@@ -433,6 +428,45 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@dataclass
+class RunOutcome:
+    """What ``bench_run`` yields: set ``failed = False`` once the results are out."""
+
+    failed: bool = True
+
+
+@contextlib.contextmanager
+def bench_run(stop: Callable[[], None], work_dir: Path, *, keep_logs: bool) -> Iterator[RunOutcome]:
+    """The frame of every script's ``main``: SIGTERM ends the run like Ctrl-C, an interrupt
+    ends it quietly, everything started is stopped, and the logs are kept when the run
+    failed or when asked."""
+    outcome = RunOutcome()
+    with sigterm_as_interrupt():
+        try:
+            yield outcome
+        except KeyboardInterrupt:
+            log("interrupted: stopping everything")
+        finally:
+            stop()
+            if outcome.failed or keep_logs:
+                log(f"logs kept in {work_dir}")
+            else:
+                shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def drop_and_stop(
+    server_url: str, databases: Sequence[str], broker: embedded.TansuBroker | None
+) -> None:
+    """A bench's databases dropped (a failure said, not raised) and its broker stopped."""
+    if databases:
+        try:
+            embedded.drop_databases_sync(server_url, list(databases), force=True)
+        except Exception as exc:
+            print(f"could not drop databases {list(databases)}: {exc!r}", file=sys.stderr)
+    if broker is not None:
+        broker.stop()
 
 
 # ------------------------------------------------------------------------------ memory

@@ -47,13 +47,11 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
-import json
 import os
 import platform
 import pstats
 import random
 import re
-import shutil
 import statistics
 import sys
 import tempfile
@@ -68,11 +66,12 @@ from typing import Any
 
 import asyncpg
 from _common import (
+    bench_run,
     machine_busy_s,
     median_of,
     postgres_server_url,
     process_cpu_s,
-    sigterm_as_interrupt,
+    write_result,
 )
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from snapshot_registration import peak_rss_mb, rss_mb
@@ -92,7 +91,6 @@ from services.runtime.testing import ServiceProcess, migrate_service
 from services.runtime.unit_of_work import UnitOfWork
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = REPO_ROOT / "bench" / "results"
 TARGET_PER_S = 20_000
 POLICY_ID = "bench-consent-findings"
 PURPOSE = "ai.training"
@@ -1349,8 +1347,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--service-env takes NAME=VALUE")
     if min(args.grants, args.withdrawals, args.runs, args.subjects) < 1:
         parser.error("--grants, --withdrawals, --runs, --subjects must be ≥ 1")
-    if args.grants < 2 * BATCH:
-        parser.error(f"--grants must be ≥ {2 * BATCH}")
+    if args.grants <= 4 * BATCH:
+        # Half the grants go to members, and 2 × BATCH of those are kept for the profile:
+        # with fewer, no granted member is left to withdraw.
+        parser.error(f"--grants must be > {4 * BATCH}")
     args.service_env = [item.split("=", 1) for item in args.service_env]
     return args
 
@@ -1375,35 +1375,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "postgres": bench.server_url.rsplit("@", 1)[-1],
         "service_env": dict(args.service_env),
     }
-    failed = True
-    with sigterm_as_interrupt():
-        try:
-            log("broker, database, migrations …")
-            bench.start_infrastructure()
-            meta["broker"] = (
-                f"Tansu {bench.bootstrap} (embedded)" if bench.broker else bench.bootstrap
-            )
-            result = asyncio.run(measure(bench, args, log))
-            meta["postgres_settings"] = asyncio.run(_server_settings(bench.url("scratch")))
-            meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-            print(report(result, meta))
-            RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-            path = RESULTS_DIR / f"consent_findings-{meta['started_at'].replace(':', '')}.json"
-            path.write_text(json.dumps({"meta": meta, **result}, indent=2, default=str) + "\n")
-            print(f"\nJSON: {path.relative_to(REPO_ROOT)}")
-            failed = False
-        except KeyboardInterrupt:
-            log("interrupted: stopping everything")
-        finally:
-            if args.keep_databases:
-                log(f"databases kept: {', '.join(bench.databases)}")
-                bench.databases = []
-            bench.stop()
-            if failed or args.keep_logs:
-                log(f"logs kept in {work_dir}")
-            else:
-                shutil.rmtree(work_dir, ignore_errors=True)
-    return 1 if failed else 0
+
+    def stop() -> None:
+        if args.keep_databases:
+            log(f"databases kept: {', '.join(bench.databases)}")
+            bench.databases = []
+        bench.stop()
+
+    with bench_run(stop, work_dir, keep_logs=args.keep_logs) as run:
+        log("broker, database, migrations …")
+        bench.start_infrastructure()
+        meta["broker"] = f"Tansu {bench.bootstrap} (embedded)" if bench.broker else bench.bootstrap
+        result = asyncio.run(measure(bench, args, log))
+        meta["postgres_settings"] = asyncio.run(_server_settings(bench.url("scratch")))
+        meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(report(result, meta))
+        print(f"\nJSON: {write_result('consent_findings', result, meta).relative_to(REPO_ROOT)}")
+        run.failed = False
+    return 1 if run.failed else 0
 
 
 async def _server_settings(dsn: str) -> dict[str, str]:

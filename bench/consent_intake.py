@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -41,19 +39,20 @@ from typing import Any
 import asyncpg
 import httpx
 from _common import (
+    bench_run,
+    drop_and_stop,
     median_of,
     postgres_limits,
     postgres_server_url,
     process_cpu_s,
-    sigterm_as_interrupt,
     summary_ms,
+    write_result,
 )
 
 from services.runtime import embedded
 from services.runtime.testing import ServiceProcess, migrate_service
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
 Row = dict[str, Any]
 
@@ -131,13 +130,7 @@ class Bench:
     def stop(self) -> None:
         if self.service is not None:
             self.service.stop()
-        if self.databases:
-            try:
-                embedded.drop_databases_sync(self.server_url, self.databases, force=True)
-            except Exception as exc:
-                print(f"could not drop databases {self.databases}: {exc!r}", file=sys.stderr)
-        if self.broker is not None:
-            self.broker.stop()
+        drop_and_stop(self.server_url, self.databases, self.broker)
 
 
 async def run_mode(
@@ -346,29 +339,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "postgres": bench.server_url.rsplit("@", 1)[-1],
     }
-    failed = True
-    with sigterm_as_interrupt():
-        try:
-            result = asyncio.run(measure(bench, args, log))
-            meta["broker"] = (
-                f"Tansu {bench.bootstrap} (embedded)" if bench.broker else bench.bootstrap
-            )
-            meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-            print(report(result, meta))
-            RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-            path = RESULTS_DIR / f"consent_intake-{meta['started_at'].replace(':', '')}.json"
-            path.write_text(json.dumps({"meta": meta, **result}, indent=2, default=str) + "\n")
-            print(f"\nJSON: {path.relative_to(REPO_ROOT)}")
-            failed = False
-        except KeyboardInterrupt:
-            log("interrupted: stopping everything")
-        finally:
-            bench.stop()
-            if failed or args.keep_logs:
-                log(f"logs kept in {work_dir}")
-            else:
-                shutil.rmtree(work_dir, ignore_errors=True)
-    return 1 if failed else 0
+    with bench_run(bench.stop, work_dir, keep_logs=args.keep_logs) as run:
+        result = asyncio.run(measure(bench, args, log))
+        meta["broker"] = f"Tansu {bench.bootstrap} (embedded)" if bench.broker else bench.bootstrap
+        meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(report(result, meta))
+        print(f"\nJSON: {write_result('consent_intake', result, meta).relative_to(REPO_ROOT)}")
+        run.failed = False
+    return 1 if run.failed else 0
 
 
 if __name__ == "__main__":

@@ -48,11 +48,9 @@ import asyncio
 import contextlib
 import gc
 import hashlib
-import json
 import os
 import platform
 import random
-import shutil
 import statistics
 import sys
 import tempfile
@@ -68,7 +66,13 @@ from typing import Any
 
 import asyncpg
 import httpx
-from _common import postgres_server_url, quantile, sigterm_as_interrupt
+from _common import (
+    bench_run,
+    drop_and_stop,
+    postgres_server_url,
+    quantile,
+    write_result,
+)
 
 from contracts.base import DatasetRef
 from contracts.envelope import Envelope
@@ -87,7 +91,6 @@ from services.runtime.testing import ServiceProcess, migrate_service
 from services.runtime.unit_of_work import unit_of_work
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = REPO_ROOT / "bench" / "results"
 API = "/api/v1/lineage/graph"
 BUCKETS = ((0, 0), (1, 99), (100, 999), (1000, 4999), (5000, 10**9))
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -302,13 +305,7 @@ class Bench:
     def stop(self) -> None:
         if self.service is not None:
             self.service.stop()
-        if self.databases:
-            try:
-                embedded.drop_databases_sync(self.server_url, self.databases, force=True)
-            except Exception as exc:
-                print(f"could not drop databases {self.databases}: {exc!r}", file=sys.stderr)
-        if self.broker is not None:
-            self.broker.stop()
+        drop_and_stop(self.server_url, self.databases, self.broker)
 
 
 async def connect(dsn: str) -> asyncpg.Connection:
@@ -1017,27 +1014,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": args.runs,
         "args": vars(args),
     }
-    failed = True
-    with sigterm_as_interrupt():
-        try:
-            result = asyncio.run(measure(bench, args, log))
-            meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-            meta["postgres_version"] = asyncio.run(_server_version(bench.url()))
-            print(report(result, meta))
-            RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-            path = RESULTS_DIR / f"lineage_graph-{meta['started_at'].replace(':', '')}.json"
-            path.write_text(json.dumps({"meta": meta, **result}, indent=2, default=str) + "\n")
-            print(f"\nJSON: {path.relative_to(REPO_ROOT)}")
-            failed = False
-        except KeyboardInterrupt:
-            log("interrupted: stopping everything")
-        finally:
-            bench.stop()
-            if failed or args.keep_logs:
-                log(f"logs kept in {work_dir}")
-            else:
-                shutil.rmtree(work_dir, ignore_errors=True)
-    return 1 if failed else 0
+    with bench_run(bench.stop, work_dir, keep_logs=args.keep_logs) as run:
+        result = asyncio.run(measure(bench, args, log))
+        meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        meta["postgres_version"] = asyncio.run(_server_version(bench.url()))
+        print(report(result, meta))
+        print(f"\nJSON: {write_result('lineage_graph', result, meta).relative_to(REPO_ROOT)}")
+        run.failed = False
+    return 1 if run.failed else 0
 
 
 async def _server_version(dsn: str) -> str:

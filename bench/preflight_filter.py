@@ -36,7 +36,6 @@ import contextlib
 import json
 import os
 import platform
-import shutil
 import statistics
 import sys
 import tempfile
@@ -50,7 +49,12 @@ from typing import Any
 
 import asyncpg
 import httpx
-from _common import CpuMeter, postgres_server_url, sigterm_as_interrupt
+from _common import (
+    CpuMeter,
+    bench_run,
+    postgres_server_url,
+    write_result,
+)
 from snapshot_registration import Bench, peak_rss_mb, rss_mb
 
 from contracts.events import ConsentEvent, ConsentEvidence
@@ -63,7 +67,6 @@ from services.registry.domain.preflight import DecisionCache, FilterSummary, rea
 from services.registry.domain.snapshots import RecordRow, parse_record_lines
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = REPO_ROOT / "bench" / "results"
 FILTER = "/api/v1/eligibility/filter"
 PURPOSE = "ai.training.generative"
 CATEGORIES = ("user.content.public", "user.content.private", "user.contact", "user.behavior")
@@ -453,30 +456,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "python": platform.python_version(),
         "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
-    failed = True
-    with sigterm_as_interrupt():
-        try:
-            result = asyncio.run(measure(bench, args, log))
-            meta["broker"] = (
-                f"Tansu {bench.bootstrap} (embedded)" if bench.broker else bench.bootstrap
-            )
-            meta["postgres_version"] = asyncio.run(_server_version(bench.url("scratch")))
-            meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-            print(report(result, meta))
-            RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-            path = RESULTS_DIR / f"preflight_filter-{meta['started_at'].replace(':', '')}.json"
-            path.write_text(json.dumps({"meta": meta, **result}, indent=2, default=str) + "\n")
-            print(f"\nJSON: {path.relative_to(REPO_ROOT)}")
-            failed = False
-        except KeyboardInterrupt:
-            log("interrupted: stopping everything")
-        finally:
-            bench.stop()
-            if failed or args.keep_logs:
-                log(f"logs kept in {work_dir}")
-            else:
-                shutil.rmtree(work_dir, ignore_errors=True)
-    return 1 if failed else 0
+    with bench_run(bench.stop, work_dir, keep_logs=args.keep_logs) as run:
+        result = asyncio.run(measure(bench, args, log))
+        meta["broker"] = f"Tansu {bench.bootstrap} (embedded)" if bench.broker else bench.bootstrap
+        meta["postgres_version"] = asyncio.run(_server_version(bench.url("scratch")))
+        meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(report(result, meta))
+        print(f"\nJSON: {write_result('preflight_filter', result, meta).relative_to(REPO_ROOT)}")
+        run.failed = False
+    return 1 if run.failed else 0
 
 
 async def _server_version(dsn: str) -> str:

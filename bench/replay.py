@@ -35,7 +35,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -54,13 +53,13 @@ from _common import (
     SERVICES,
     Bench,
     Row,
+    bench_run,
     load_average,
     log,
     peak_rss_mib,
     postgres_limits,
     postgres_server_url,
     process_cpu_s,
-    sigterm_as_interrupt,
     utc_stamp,
     write_result,
 )
@@ -743,25 +742,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_before": load_average(),
         "service_env": service_env,
     }
-    failed = True
-    with sigterm_as_interrupt():
-        try:
-            log(f"infrastructure (logs in {work_dir}) …")
-            bench.start_infrastructure()
-            result = asyncio.run(measure(bench, args))
-            meta["load_after"] = load_average()
-            print(report(result, meta))
-            print(f"\nJSON: {write_result('replay', result, meta).relative_to(REPO_ROOT)}")
-            failed = False
-        except KeyboardInterrupt:
-            log("interrupted: stopping everything")
-        finally:
-            bench.stop()
-            if failed or args.keep_logs:
-                log(f"logs kept in {work_dir}")
-            else:
-                shutil.rmtree(work_dir, ignore_errors=True)
-    return 1 if failed else 0
+    with bench_run(bench.stop, work_dir, keep_logs=args.keep_logs) as run:
+        log(f"infrastructure (logs in {work_dir}) …")
+        bench.start_infrastructure()
+        result = asyncio.run(measure(bench, args))
+        meta["load_after"] = load_average()
+        print(report(result, meta))
+        print(f"\nJSON: {write_result('replay', result, meta).relative_to(REPO_ROOT)}")
+        run.failed = False
+    return 1 if run.failed else 0
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -45,12 +44,12 @@ from _common import (
     Bench,
     CpuMeter,
     Row,
+    bench_run,
     kafka_limits,
     median_of,
     peak_rss_mib,
     postgres_limits,
     postgres_server_url,
-    sigterm_as_interrupt,
     summary_ms,
 )
 
@@ -633,28 +632,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "postgres": bench.server_url.rsplit("@", 1)[-1],
         "service_env": service_env,
     }
-    failed = True
-    with sigterm_as_interrupt():
-        try:
-            log(f"infrastructure (logs in {work_dir}) …")
-            bench.start_infrastructure()
-            meta["broker"] = (
-                f"Tansu {bench.bootstrap} (embedded)" if bench.broker else bench.bootstrap
-            )
-            result = asyncio.run(measure(bench, args, log))
-            meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-            print(report(result, meta))
-            print(f"\nJSON: {write_json(result, meta).relative_to(REPO_ROOT)}")
-            failed = False
-        except KeyboardInterrupt:
-            log("interrupted: stopping everything")
-        finally:
-            bench.stop()
-            if failed or args.keep_logs:
-                log(f"logs kept in {work_dir}")
-            else:
-                shutil.rmtree(work_dir, ignore_errors=True)
-    return 1 if failed else 0
+    with bench_run(bench.stop, work_dir, keep_logs=args.keep_logs) as run:
+        log(f"infrastructure (logs in {work_dir}) …")
+        bench.start_infrastructure()
+        meta["broker"] = f"Tansu {bench.bootstrap} (embedded)" if bench.broker else bench.bootstrap
+        result = asyncio.run(measure(bench, args, log))
+        meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(report(result, meta))
+        print(f"\nJSON: {write_json(result, meta).relative_to(REPO_ROOT)}")
+        run.failed = False
+    return 1 if run.failed else 0
 
 
 if __name__ == "__main__":
