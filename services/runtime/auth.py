@@ -34,7 +34,7 @@ import logging
 import os
 import secrets
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from services.runtime.http import amend_openapi
 from services.runtime.settings import ServiceSettings
 
 __all__ = [
@@ -640,18 +641,7 @@ def install_access_control(
 
 
 def _install_openapi(app: FastAPI, table: AccessTable, *, enforced: bool) -> None:
-    generate: Callable[[], dict[str, Any]] = app.openapi
-    annotated = False
-
-    def openapi() -> dict[str, Any]:
-        nonlocal annotated
-        schema = generate()
-        if not annotated:
-            annotate_openapi(schema, table, enforced=enforced)
-            annotated = True
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    amend_openapi(app, lambda schema: annotate_openapi(schema, table, enforced=enforced))
 
 
 # ------------------------------------------------------------------------ dev keys, CLI

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -36,6 +36,7 @@ from services.runtime.consumer import EventConsumer, Subscription
 from services.runtime.db import connect_pool
 from services.runtime.errors import is_transient
 from services.runtime.guards import document_error_shapes, install_input_guards
+from services.runtime.http import amend_openapi
 from services.runtime.outbox import OutboxRelay
 from services.runtime.settings import ServiceSettings
 from services.runtime.telemetry import extract_from_mapping, setup_tracing, tracer
@@ -377,15 +378,4 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
 
 
 def _document_errors(app: FastAPI) -> None:
-    generate: Callable[[], dict[str, Any]] = app.openapi
-    done = False
-
-    def openapi() -> dict[str, Any]:
-        nonlocal done
-        schema = generate()
-        if not done:
-            document_error_shapes(schema)
-            done = True
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    amend_openapi(app, document_error_shapes)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from pydantic import AfterValidator, BeforeValidator, ValidationError
 
 from contracts.base import DatasetRef
 
-__all__ = ["QueryTime", "VersionFilter", "optional_version"]
+__all__ = ["QueryTime", "VersionFilter", "amend_openapi", "optional_version"]
 
 
 def optional_version(
@@ -57,3 +58,20 @@ def _require_offset(value: datetime) -> datetime:
 
 QueryTime = Annotated[datetime, BeforeValidator(_restore_plus), AfterValidator(_require_offset)]
 """A timestamp in a query string: an offset is required (``Z``, or ``+`` written ``%2B``)."""
+
+
+def amend_openapi(app: FastAPI, amend: Callable[[dict[str, Any]], object]) -> None:
+    """Have ``amend`` edit the app's OpenAPI document once, when it is first generated
+    (FastAPI caches it); amendments stack in the order they are installed."""
+    generate: Callable[[], dict[str, Any]] = app.openapi
+    done = False
+
+    def openapi() -> dict[str, Any]:
+        nonlocal done
+        schema = generate()
+        if not done:
+            amend(schema)
+            done = True
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
