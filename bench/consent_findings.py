@@ -1348,7 +1348,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if min(args.grants, args.withdrawals, args.runs, args.subjects) < 1:
         parser.error("--grants, --withdrawals, --runs, --subjects must be ≥ 1")
     if args.grants <= 4 * BATCH:
-        # Half the grants go to members, and 2 × BATCH of those are kept for the profile:
+        # Half the grants go to members, and 2 * BATCH of those are kept for the profile:
         # with fewer, no granted member is left to withdraw.
         parser.error(f"--grants must be > {4 * BATCH}")
     args.service_env = [item.split("=", 1) for item in args.service_env]
