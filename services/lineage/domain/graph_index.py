@@ -67,7 +67,20 @@ from services.lineage.domain.graph import (
     version_data_json,
 )
 
-__all__ = ["GraphIndex", "Lookup", "RunIO"]
+try:  # the compiled answer writer for walks from versions (setup.py; optional)
+    from services.lineage.domain import _graph_answer
+except ImportError:  # pragma: no cover - a machine without a C compiler
+    _graph_answer = None  # type: ignore[assignment]
+
+__all__ = ["ACCELERATED", "GraphIndex", "Lookup", "RunIO"]
+
+ACCELERATED = _graph_answer is not None
+"""Whether answers for walks from versions are written by ``_graph_answer.c``."""
+
+_DENSE = 4
+"""The compiled writer keeps a row and a byte per node id up to the largest: used while node
+ids are at most about this many times as many as the versions (they come from one
+sequence, so they stay dense)."""
 
 RunIO = tuple[UUID, bool, int]
 """(run, is output, version node id): one ``run_io`` row."""
@@ -76,6 +89,8 @@ _IN_EDGES = b'"inEdges":['
 _OUT_EDGES = b'],"outEdges":['
 _EMPTY: array[int] = array("i")
 _NONE: frozenset[int] = frozenset()
+_HAS_INPUTS, _HAS_OUTPUTS = 1, 2
+_FRAGMENT, _READERS, _WRITERS = 2, 3, 4
 
 
 def _name_key(namespace: str, name: str) -> str:
@@ -171,7 +186,8 @@ class _Walk:
 class GraphIndex:
     """Versions by node id, runs by dense index, jobs by name; see the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, accelerated: bool = True) -> None:
+        self._accelerated = accelerated and ACCELERATED
         self._key: dict[int, str] = {}
         self._quoted: dict[int, bytes] = {}
         self._fragment: dict[int, bytes] = {}
@@ -185,6 +201,16 @@ class GraphIndex:
         self._run_fragment: list[bytes] = []
         self._inputs: list[array[int]] = []
         self._outputs: list[array[int]] = []
+        # By run, for the compiled writer (contiguous: no array object to reach for a
+        # neighbour's count): 1 if it has inputs, 2 if it has outputs.
+        self._run_sides = bytearray()
+        self._run_heads: array[int] = array("i")
+        # By node id, for the compiled writer while ids are dense (``_DENSE``; else None):
+        # [key, quoted, fragment, readers, writers] (the dicts' own objects, None for no
+        # readers or writers: one pointer to reach instead of five dict probes), and the
+        # length of each fragment's head.
+        self._rows: list[list[object] | None] | None = []
+        self._version_heads: array[int] = array("i")
         self._jobs: dict[str, array[int]] = {}
         # What the set algebra of ``answer`` needs to know without looking at edges.
         self._no_inputs: set[int] = set()
@@ -214,6 +240,10 @@ class GraphIndex:
             key = info.key
             kind = NodeType.MODEL if info.is_model else NodeType.DATASET
             known = self._key.get(node)
+            quoted = _quoted(key)
+            row = self._row(node)
+            if row is not None:
+                row[0], row[1] = key, quoted
             if known is None:
                 self._by_version[_version_name_key(info.namespace, info.name, info.version)] = node
                 self._by_name.setdefault(_name_key(info.namespace, info.name), array("i")).append(
@@ -223,7 +253,7 @@ class GraphIndex:
                 for run in chain(self._readers.get(node, _EMPTY), self._writers.get(node, _EMPTY)):
                     self._stale_runs.setdefault(run, None)
             self._key[node] = key
-            self._quoted[node] = _quoted(key)
+            self._quoted[node] = quoted
             self._stale_versions[node] = node_head(key, kind, version_data_json(info)).encode()
 
     def put_runs(self, infos: Iterable[RunInfo]) -> None:
@@ -241,6 +271,8 @@ class GraphIndex:
                 job = _name_key(info.job_namespace, info.job_name)
                 self._inputs.append(array("i"))
                 self._outputs.append(array("i"))
+                self._run_sides.append(0)
+                self._run_heads.append(0)
                 self._jobs.setdefault(job, array("i")).append(index)
                 self._no_inputs.add(index)
                 self._no_outputs.add(index)
@@ -259,6 +291,7 @@ class GraphIndex:
                     self._many_outputs,
                     self._many_writers,
                 )
+                side = _HAS_OUTPUTS
             else:
                 mine, theirs, others = self._inputs[run], self._readers, self._outputs[run]
                 empty, many_mine, many_theirs = (
@@ -266,11 +299,13 @@ class GraphIndex:
                     self._many_inputs,
                     self._many_readers,
                 )
+                side = _HAS_INPUTS
             if node in mine:
                 continue
             if not mine:
                 # The run now counts on the far side of each node of its other side.
                 empty.discard(run)
+                self._run_sides[run] |= side
                 for other in others:
                     stale_versions.setdefault(other, None)
             mine.append(node)
@@ -278,12 +313,32 @@ class GraphIndex:
                 many_mine.add(run)
             runs = theirs.get(node)
             if runs is None:
-                theirs[node] = array("i", (run,))
+                theirs[node] = runs = array("i", (run,))
+                row = self._row(node)
+                if row is not None:
+                    row[_WRITERS if is_output else _READERS] = runs
             else:
                 runs.append(run)
                 many_theirs.add(node)
             stale_runs.setdefault(run, None)
             stale_versions.setdefault(node, None)
+
+    def _row(self, node: int) -> list[object] | None:
+        """The compiled writer's row of a version (made if new); None once ids are sparse."""
+        rows = self._rows
+        if rows is None:
+            return None
+        if node >= len(rows):
+            if node > _DENSE * (len(self._key) + 1) + 65_536:
+                self._rows = None  # the writer would need a byte per id up to this one
+                return None
+            grow = node + 1 - len(rows)
+            rows.extend([None] * grow)
+            self._version_heads.frombytes(bytes(4 * grow))
+        row = rows[node]
+        if row is None:
+            rows[node] = row = [None, None, b"", None, None]
+        return row
 
     def has_run(self, run_id: UUID) -> bool:
         return run_id in self._run_index
@@ -308,20 +363,29 @@ class GraphIndex:
             readers = self._readers.get(node, _EMPTY)
             _sort(writers, by_run_key)
             _sort(readers, by_run_key)
-            self._fragment[node] = _node_bytes(
-                head if head is not None else _head_of(self._fragment[node]),
+            if head is None:
+                head = _head_of(self._fragment[node])
+            self._fragment[node] = fragment = _node_bytes(
+                head,
                 quoted[node],
                 [run_quoted[r] for r in writers if r not in no_inputs],
                 [run_quoted[r] for r in readers if r not in no_outputs],
             )
+            row = self._row(node)
+            if row is not None:
+                row[_FRAGMENT] = fragment
+                self._version_heads[node] = len(head)
         while stale_runs and budget > 0:
             run, head = stale_runs.popitem()
             budget -= 1
             inputs, outputs = self._inputs[run], self._outputs[run]
             _sort(inputs, by_key)
             _sort(outputs, by_key)
+            if head is None:
+                head = _head_of(self._run_fragment[run])
+            self._run_heads[run] = len(head)
             self._run_fragment[run] = _node_bytes(
-                head if head is not None else _head_of(self._run_fragment[run]),
+                head,
                 run_quoted[run],
                 [quoted[n] for n in inputs] if outputs else [],
                 [quoted[n] for n in outputs] if inputs else [],
@@ -372,6 +436,22 @@ class GraphIndex:
             self.refresh()
         downstream = direction in (Direction.DOWNSTREAM, Direction.BOTH)
         upstream = direction in (Direction.UPSTREAM, Direction.BOTH)
+        if self._accelerated and found.versions and self._rows is not None:
+            return _graph_answer.answer(
+                found.versions,
+                depth,
+                downstream,
+                upstream,
+                self._rows,
+                self._version_heads,
+                self._run_key,
+                self._run_quoted,
+                self._run_fragment,
+                self._inputs,
+                self._outputs,
+                self._run_sides,
+                self._run_heads,
+            )
         start_runs = frozenset(found.runs)
         # A run (or a job's runs) is the first run of the walk: its own inputs and outputs
         # are the walk's seeds, one run less deep.
