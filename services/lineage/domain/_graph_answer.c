@@ -5,12 +5,12 @@
  * per-node Python work (which edges of a partly reached node are in the answer, writing
  * them) was most of an answer of a few thousand nodes; here it is a loop over int arrays.
  *
- * It reads the index's own containers, unchanged and under the GIL: versions by node id in
- * rows (a list of [key: str, quoted: bytes, fragment: bytes, readers, writers: array('i') of
- * runs or None]), runs by index in lists (key, quoted, fragment, inputs/outputs: array('i')
- * of node ids), and, contiguous, each run's sides (has inputs, has outputs) and each
- * fragment's head length. Fragments must be fresh (GraphIndex.refresh first). What costs
- * is reaching scattered Python objects, so each node is reached through as few as can be.
+ * It reads the index's own rows, under the GIL: a tuple per version (by node id) and per run
+ * (by index) of (key: str, quoted id: bytes, fragment: bytes, and array('i') or None:
+ * readers and writers of a version, inputs and outputs of a run), and, contiguous, each
+ * fragment's head length and each run's sides (has inputs, has outputs). Fragments must be
+ * fresh (GraphIndex.refresh first). What costs is reaching scattered Python objects, so a
+ * node is reached through as few of them as can be.
  *
  * Which edges a node has (D/U: the downstream/upstream walk, E: versions it expanded,
  * R: runs it reached):
@@ -32,6 +32,7 @@ enum { V_REACHED_D = 1, V_EXPANDED_D = 2, V_REACHED_U = 4, V_EXPANDED_U = 8, V_L
 enum { R_DOWN = 1, R_UP = 2 };
 enum { HAS_INPUTS = 1, HAS_OUTPUTS = 2 }; /* run_sides, kept by GraphIndex.put_run_io */
 enum { ROW_KEY, ROW_QUOTED, ROW_FRAGMENT, ROW_READERS, ROW_WRITERS, ROW_SIZE };
+enum { ROW_INPUTS = ROW_READERS, ROW_OUTPUTS = ROW_WRITERS };
 
 static const char IN_EDGES[] = "\"inEdges\":[";
 static const char OUT_EDGES[] = "],\"outEdges\":[";
@@ -105,8 +106,7 @@ static void ints_close(ints *x) {
 /* ------------------------------------------------------------------ the state of one call */
 
 typedef struct {
-    PyObject *rows;                                                   /* by node id */
-    PyObject *run_key, *run_quoted, *run_fragment, *inputs, *outputs; /* lists by run */
+    PyObject *rows, *run_rows; /* lists of tuples: by node id, by run */
     Py_ssize_t max_node, runs;
     ints version_heads, run_heads;
     uint8_t *vflag; /* by node id */
@@ -118,11 +118,40 @@ typedef struct {
 /* An item of a version's row (borrowed); NULL with an error if the version has no row. */
 static PyObject *version_item(state *s, int32_t node, int item) {
     PyObject *row = PyList_GET_ITEM(s->rows, node);
-    if (!PyList_CheckExact(row) || PyList_GET_SIZE(row) != ROW_SIZE) {
+    if (!PyTuple_CheckExact(row) || PyTuple_GET_SIZE(row) != ROW_SIZE) {
         PyErr_Format(PyExc_KeyError, "version %d has no row", (int)node);
         return NULL;
     }
-    return PyList_GET_ITEM(row, item);
+    return PyTuple_GET_ITEM(row, item);
+}
+
+/* An item of a run's row (borrowed). Only listed runs are read: their rows were checked
+ * (list_run). */
+static PyObject *run_item(state *s, int32_t run, int item) {
+    return PyTuple_GET_ITEM(PyList_GET_ITEM(s->run_rows, run), item);
+}
+
+/* A run is in the answer: its row must be (str, bytes, bytes, array or None, ...). */
+static int list_run(state *s, int32_t run) {
+    PyObject *row = PyList_GET_ITEM(s->run_rows, run);
+    if (!PyTuple_CheckExact(row) || PyTuple_GET_SIZE(row) != ROW_SIZE ||
+        !PyUnicode_Check(PyTuple_GET_ITEM(row, ROW_KEY)) ||
+        !PyBytes_Check(PyTuple_GET_ITEM(row, ROW_QUOTED)) ||
+        !PyBytes_Check(PyTuple_GET_ITEM(row, ROW_FRAGMENT))) {
+        PyErr_Format(PyExc_TypeError, "run %d: a row is (str, bytes, bytes, array, array)",
+                     (int)run);
+        return -1;
+    }
+    return ivec_push(&s->listed_runs, run);
+}
+
+/* A run a version's edge names: listed by the walk, else the rules and walk disagree. */
+static PyObject *listed_run_quoted(state *s, int32_t run) {
+    if (!(s->rflag[run] & (R_DOWN | R_UP))) {
+        PyErr_Format(PyExc_RuntimeError, "run %d is in an edge but not in the walk", (int)run);
+        return NULL;
+    }
+    return run_item(s, run, ROW_QUOTED);
 }
 
 static int check_node(state *s, int32_t node) {
@@ -150,7 +179,7 @@ static int walk(state *s, const ivec *seeds, Py_ssize_t depth, int down) {
     const uint8_t expanded_flag = down ? V_EXPANDED_D : V_EXPANDED_U;
     const uint8_t run_flag = down ? R_DOWN : R_UP;
     const int near_item = down ? ROW_READERS : ROW_WRITERS;
-    PyObject *far_of = down ? s->outputs : s->inputs;
+    const int far_item = down ? ROW_OUTPUTS : ROW_INPUTS;
     const uint8_t far_side = down ? HAS_OUTPUTS : HAS_INPUTS;
     ivec frontier = {0}, next = {0}, new_runs = {0};
     int rc = -1;
@@ -184,7 +213,7 @@ static int walk(state *s, const ivec *seeds, Py_ssize_t depth, int down) {
                     continue;
                 if (!(s->sides[r] & far_side)) /* barren: reached, it adds nothing */
                     continue;
-                if (!(s->rflag[r] & (R_DOWN | R_UP)) && ivec_push(&s->listed_runs, r) < 0) {
+                if (!(s->rflag[r] & (R_DOWN | R_UP)) && list_run(s, r) < 0) {
                     ints_close(&near);
                     goto done;
                 }
@@ -199,7 +228,7 @@ static int walk(state *s, const ivec *seeds, Py_ssize_t depth, int down) {
         next.n = 0;
         for (Py_ssize_t i = 0; i < new_runs.n; i++) {
             ints far;
-            if (ints_open(PyList_GET_ITEM(far_of, new_runs.at[i]), &far) < 0)
+            if (ints_open(run_item(s, new_runs.at[i], far_item), &far) < 0)
                 goto done;
             for (Py_ssize_t j = 0; j < far.n; j++) {
                 int32_t x = far.at[j];
@@ -263,7 +292,7 @@ static keyed *sorted_by_key(state *s, const ivec *ids, int versions) {
     }
     for (Py_ssize_t i = 0; i < ids->n; i++) {
         int32_t id = ids->at[i];
-        PyObject *k = versions ? version_item(s, id, ROW_KEY) : PyList_GET_ITEM(s->run_key, id);
+        PyObject *k = versions ? version_item(s, id, ROW_KEY) : run_item(s, id, ROW_KEY);
         if (k == NULL) {
             PyMem_Free(out);
             return NULL;
@@ -392,9 +421,11 @@ static int put_version(state *s, writer *w, int32_t v, refs *ins, refs *outs) {
             goto done;
         const int has_inputs = s->sides[r] & HAS_INPUTS;
         whole_in += has_inputs != 0;
-        if ((s->rflag[r] & R_DOWN) || (all_in && has_inputs))
-            if (refs_push(ins, PyList_GET_ITEM(s->run_quoted, r)) < 0)
+        if ((s->rflag[r] & R_DOWN) || (all_in && has_inputs)) {
+            PyObject *q = listed_run_quoted(s, r);
+            if (q == NULL || refs_push(ins, q) < 0)
                 goto done;
+        }
     }
     for (Py_ssize_t i = 0; i < readers.n; i++) {
         int32_t r = readers.at[i];
@@ -402,9 +433,11 @@ static int put_version(state *s, writer *w, int32_t v, refs *ins, refs *outs) {
             goto done;
         const int has_outputs = s->sides[r] & HAS_OUTPUTS;
         whole_out += has_outputs != 0;
-        if ((s->rflag[r] & R_UP) || (all_out && has_outputs))
-            if (refs_push(outs, PyList_GET_ITEM(s->run_quoted, r)) < 0)
+        if ((s->rflag[r] & R_UP) || (all_out && has_outputs)) {
+            PyObject *q = listed_run_quoted(s, r);
+            if (q == NULL || refs_push(outs, q) < 0)
                 goto done;
+        }
     }
     if (ins->n == whole_in && outs->n == whole_out)
         rc = put_bytes(w, fragment);
@@ -438,9 +471,9 @@ static int run_ends(state *s, const ints *ends, int every, uint8_t flag, refs *o
 static int put_run(state *s, writer *w, int32_t r, refs *ins, refs *outs) {
     const int in_down = s->rflag[r] & R_DOWN, in_up = s->rflag[r] & R_UP;
     ints inputs, outputs;
-    if (ints_open(PyList_GET_ITEM(s->inputs, r), &inputs) < 0)
+    if (ints_open(run_item(s, r, ROW_INPUTS), &inputs) < 0)
         return -1;
-    if (ints_open(PyList_GET_ITEM(s->outputs, r), &outputs) < 0) {
+    if (ints_open(run_item(s, r, ROW_OUTPUTS), &outputs) < 0) {
         ints_close(&inputs);
         return -1;
     }
@@ -451,12 +484,12 @@ static int put_run(state *s, writer *w, int32_t r, refs *ins, refs *outs) {
     if ((in_down || in_up) && run_ends(s, &outputs, in_down, V_EXPANDED_U, outs) < 0)
         goto done;
     Py_ssize_t whole_in = outputs.n ? inputs.n : 0, whole_out = inputs.n ? outputs.n : 0;
-    PyObject *fragment = PyList_GET_ITEM(s->run_fragment, r);
+    PyObject *fragment = run_item(s, r, ROW_FRAGMENT);
     if (ins->n == whole_in && outs->n == whole_out)
         rc = put_bytes(w, fragment);
     else
         rc = put_node(w, fragment, head_len(fragment, &s->run_heads, r),
-                      PyList_GET_ITEM(s->run_quoted, r), ins->at, ins->n, outs->at, outs->n);
+                      run_item(s, r, ROW_QUOTED), ins->at, ins->n, outs->at, outs->n);
 done:
     ints_close(&inputs);
     ints_close(&outputs);
@@ -465,17 +498,9 @@ done:
 
 /* ------------------------------------------------------------------ entry point */
 
-static int is_list_of(PyObject *o, Py_ssize_t n, const char *name) {
-    if (!PyList_Check(o) || PyList_GET_SIZE(o) != n) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a list of %zd", name, n);
-        return 0;
-    }
-    return 1;
-}
-
 PyDoc_STRVAR(answer_doc,
-             "answer(seeds, depth, downstream, upstream, rows, version_heads, run_key,"
-             " run_quoted, run_fragment, inputs, outputs, run_sides, run_heads) -> bytes\n\n"
+             "answer(seeds, depth, downstream, upstream, rows, version_heads, run_rows,"
+             " run_heads, run_sides) -> bytes\n\n"
              "The graph JSON of a walk from versions (seeds: node ids); see the module.");
 
 static PyObject *answer(PyObject *self, PyObject *args) {
@@ -485,11 +510,9 @@ static PyObject *answer(PyObject *self, PyObject *args) {
     state s;
     memset(&s, 0, sizeof s);
     PyObject *sides_obj, *version_heads_obj, *run_heads_obj;
-    if (!PyArg_ParseTuple(args, "OnppO!OO!O!O!O!O!O!O", &seeds_obj, &depth, &downstream,
-                          &upstream, &PyList_Type, &s.rows, &version_heads_obj, &PyList_Type,
-                          &s.run_key, &PyList_Type, &s.run_quoted, &PyList_Type, &s.run_fragment,
-                          &PyList_Type, &s.inputs, &PyList_Type, &s.outputs, &PyByteArray_Type,
-                          &sides_obj, &run_heads_obj))
+    if (!PyArg_ParseTuple(args, "OnppO!OO!OO!", &seeds_obj, &depth, &downstream, &upstream,
+                          &PyList_Type, &s.rows, &version_heads_obj, &PyList_Type, &s.run_rows,
+                          &run_heads_obj, &PyByteArray_Type, &sides_obj))
         return NULL;
     Py_ssize_t max_node = PyList_GET_SIZE(s.rows) - 1;
     if (max_node > INT32_MAX) {
@@ -497,11 +520,7 @@ static PyObject *answer(PyObject *self, PyObject *args) {
         return NULL;
     }
     s.max_node = max_node;
-    s.runs = PyList_GET_SIZE(s.run_key);
-    if (!is_list_of(s.run_quoted, s.runs, "run_quoted") ||
-        !is_list_of(s.run_fragment, s.runs, "run_fragment") ||
-        !is_list_of(s.inputs, s.runs, "inputs") || !is_list_of(s.outputs, s.runs, "outputs"))
-        return NULL;
+    s.runs = PyList_GET_SIZE(s.run_rows);
     if (PyByteArray_GET_SIZE(sides_obj) != s.runs) {
         PyErr_SetString(PyExc_TypeError, "run_sides: expected a byte per run");
         return NULL;
@@ -574,12 +593,7 @@ static PyObject *answer(PyObject *self, PyObject *args) {
         size += PyBytes_GET_SIZE(f);
     }
     for (Py_ssize_t i = 0; i < s.listed_runs.n; i++) {
-        PyObject *f = PyList_GET_ITEM(s.run_fragment, runs[i].id);
-        if (!PyBytes_Check(f)) {
-            PyErr_SetString(PyExc_TypeError, "run fragments must be bytes");
-            goto done;
-        }
-        size += PyBytes_GET_SIZE(f);
+        size += PyBytes_GET_SIZE(run_item(&s, runs[i].id, ROW_FRAGMENT));
     }
     w.bytes = PyBytes_FromStringAndSize(NULL, size);
     if (w.bytes == NULL)

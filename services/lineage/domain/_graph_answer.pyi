@@ -1,18 +1,16 @@
 from array import array
 from collections.abc import Iterable
 
+_Row = tuple[str, bytes, bytes, array[int] | None, array[int] | None]
+
 def answer(
     seeds: Iterable[int],
     depth: int,
     downstream: bool,
     upstream: bool,
-    rows: list[list[object] | None],
+    rows: list[_Row | None],
     version_heads: array[int],
-    run_key: list[str],
-    run_quoted: list[bytes],
-    run_fragment: list[bytes],
-    inputs: list[array[int]],
-    outputs: list[array[int]],
-    run_sides: bytearray,
+    run_rows: list[_Row],
     run_heads: array[int],
+    run_sides: bytearray,
 ) -> bytes: ...

@@ -90,7 +90,7 @@ _OUT_EDGES = b'],"outEdges":['
 _EMPTY: array[int] = array("i")
 _NONE: frozenset[int] = frozenset()
 _HAS_INPUTS, _HAS_OUTPUTS = 1, 2
-_FRAGMENT, _READERS, _WRITERS = 2, 3, 4
+_Row = tuple[str, bytes, bytes, "array[int] | None", "array[int] | None"]
 
 
 def _name_key(namespace: str, name: str) -> str:
@@ -203,14 +203,16 @@ class GraphIndex:
         self._outputs: list[array[int]] = []
         # By run, for the compiled writer (contiguous: no array object to reach for a
         # neighbour's count): 1 if it has inputs, 2 if it has outputs.
-        self._run_sides = bytearray()
-        self._run_heads: array[int] = array("i")
-        # By node id, for the compiled writer while ids are dense (``_DENSE``; else None):
-        # [key, quoted, fragment, readers, writers] (the dicts' own objects, None for no
-        # readers or writers: one pointer to reach instead of five dict probes), and the
-        # length of each fragment's head.
-        self._rows: list[list[object] | None] | None = []
+        # For the compiled writer, whose cost is reaching scattered objects: each node's
+        # (key, quoted, fragment, readers or inputs, writers or outputs) in one tuple (the
+        # objects above; None for no readers or writers), versions by node id while ids are
+        # dense (``_DENSE``; else None), runs by index; each fragment's head length; and
+        # by run, 1 if it has inputs, 2 if it has outputs.
+        self._rows: list[_Row | None] | None = []
         self._version_heads: array[int] = array("i")
+        self._run_rows: list[_Row] = []
+        self._run_heads: array[int] = array("i")
+        self._run_sides = bytearray()
         self._jobs: dict[str, array[int]] = {}
         # What the set algebra of ``answer`` needs to know without looking at edges.
         self._no_inputs: set[int] = set()
@@ -240,10 +242,6 @@ class GraphIndex:
             key = info.key
             kind = NodeType.MODEL if info.is_model else NodeType.DATASET
             known = self._key.get(node)
-            quoted = _quoted(key)
-            row = self._row(node)
-            if row is not None:
-                row[0], row[1] = key, quoted
             if known is None:
                 self._by_version[_version_name_key(info.namespace, info.name, info.version)] = node
                 self._by_name.setdefault(_name_key(info.namespace, info.name), array("i")).append(
@@ -253,7 +251,8 @@ class GraphIndex:
                 for run in chain(self._readers.get(node, _EMPTY), self._writers.get(node, _EMPTY)):
                     self._stale_runs.setdefault(run, None)
             self._key[node] = key
-            self._quoted[node] = quoted
+            self._quoted[node] = _quoted(key)
+            self._set_row(node)
             self._stale_versions[node] = node_head(key, kind, version_data_json(info)).encode()
 
     def put_runs(self, infos: Iterable[RunInfo]) -> None:
@@ -271,6 +270,7 @@ class GraphIndex:
                 job = _name_key(info.job_namespace, info.job_name)
                 self._inputs.append(array("i"))
                 self._outputs.append(array("i"))
+                self._run_rows.append((key, self._run_quoted[index], b"", *self._io(index)))
                 self._run_sides.append(0)
                 self._run_heads.append(0)
                 self._jobs.setdefault(job, array("i")).append(index)
@@ -313,32 +313,37 @@ class GraphIndex:
                 many_mine.add(run)
             runs = theirs.get(node)
             if runs is None:
-                theirs[node] = runs = array("i", (run,))
-                row = self._row(node)
-                if row is not None:
-                    row[_WRITERS if is_output else _READERS] = runs
+                theirs[node] = array("i", (run,))
+                self._set_row(node)
             else:
                 runs.append(run)
                 many_theirs.add(node)
             stale_runs.setdefault(run, None)
             stale_versions.setdefault(node, None)
 
-    def _row(self, node: int) -> list[object] | None:
-        """The compiled writer's row of a version (made if new); None once ids are sparse."""
+    def _set_row(self, node: int) -> bool:
+        """Write a version's row for the compiled writer; False once ids are sparse."""
         rows = self._rows
         if rows is None:
-            return None
+            return False
         if node >= len(rows):
             if node > _DENSE * (len(self._key) + 1) + 65_536:
                 self._rows = None  # the writer would need a byte per id up to this one
-                return None
+                return False
             grow = node + 1 - len(rows)
             rows.extend([None] * grow)
             self._version_heads.frombytes(bytes(4 * grow))
-        row = rows[node]
-        if row is None:
-            rows[node] = row = [None, None, b"", None, None]
-        return row
+        rows[node] = (
+            self._key[node],
+            self._quoted[node],
+            self._fragment.get(node, b""),
+            self._readers.get(node),
+            self._writers.get(node),
+        )
+        return True
+
+    def _io(self, run: int) -> tuple[array[int], array[int]]:
+        return self._inputs[run], self._outputs[run]
 
     def has_run(self, run_id: UUID) -> bool:
         return run_id in self._run_index
@@ -371,9 +376,7 @@ class GraphIndex:
                 [run_quoted[r] for r in writers if r not in no_inputs],
                 [run_quoted[r] for r in readers if r not in no_outputs],
             )
-            row = self._row(node)
-            if row is not None:
-                row[_FRAGMENT] = fragment
+            if self._set_row(node):
                 self._version_heads[node] = len(head)
         while stale_runs and budget > 0:
             run, head = stale_runs.popitem()
@@ -384,12 +387,13 @@ class GraphIndex:
             if head is None:
                 head = _head_of(self._run_fragment[run])
             self._run_heads[run] = len(head)
-            self._run_fragment[run] = _node_bytes(
+            self._run_fragment[run] = fragment = _node_bytes(
                 head,
                 run_quoted[run],
                 [quoted[n] for n in inputs] if outputs else [],
                 [quoted[n] for n in outputs] if inputs else [],
             )
+            self._run_rows[run] = (run_key_[run], run_quoted[run], fragment, inputs, outputs)
         if stale_versions or stale_runs:
             return True
         # A set keeps its table when emptied (all runs start here and most leave at once):
@@ -444,13 +448,9 @@ class GraphIndex:
                 upstream,
                 self._rows,
                 self._version_heads,
-                self._run_key,
-                self._run_quoted,
-                self._run_fragment,
-                self._inputs,
-                self._outputs,
-                self._run_sides,
+                self._run_rows,
                 self._run_heads,
+                self._run_sides,
             )
         start_runs = frozenset(found.runs)
         # A run (or a job's runs) is the first run of the walk: its own inputs and outputs

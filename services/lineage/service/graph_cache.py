@@ -22,7 +22,7 @@ import asyncpg
 
 from services.lineage.adapters.graph_changes import GraphChangeLog, GraphRows
 from services.lineage.domain.graph import Direction, NodeQuery
-from services.lineage.domain.graph_index import GraphIndex
+from services.lineage.domain.graph_index import ACCELERATED, GraphIndex
 from services.runtime.worker import WorkerContext, WorkerSpec
 
 __all__ = [
@@ -128,10 +128,11 @@ class GraphCache:
         # The copy lives until the next whole read: keep the collector's full passes off it.
         gc.freeze()
         log.info(
-            "lineage graph copy loaded: %d versions, %d runs in %.2f s",
+            "lineage graph copy loaded: %d versions, %d runs in %.2f s; answers written %s",
             index.versions,
             index.runs,
             time.perf_counter() - started,
+            "in C (_graph_answer)" if ACCELERATED else "in Python: the C writer is not built",
         )
 
     async def _catch_up(self) -> None:
