@@ -80,9 +80,11 @@ from contracts.events import DatasetFinding, FindingReason, FindingStatus, Sever
 from contracts.topics import FINDINGS
 from services.lineage.adapters.graph import INFINITY, GraphRepository
 from services.lineage.adapters.repository import MAX_DEPTH, LineageRepository
-from services.lineage.domain.graph import version_key
+from services.lineage.domain.graph import Direction, parse_node_id, version_key
+from services.lineage.domain.graph_index import ACCELERATED
 from services.lineage.domain.propagation import LineageEdge, Node
 from services.lineage.service.graph import lineage_graph
+from services.lineage.service.graph_cache import GraphCache
 from services.lineage.service.handlers import on_finding
 from services.runtime import embedded
 from services.runtime.db import _init_connection
@@ -511,8 +513,6 @@ async def sql_latency(
 ) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     """The service's queries from this process: (versions, s) for walk + descriptions + the
     graph built (the whole ``lineage_graph``, when ``whole_too``) and for the walk alone."""
-    from services.lineage.domain.graph import Direction
-
     conn = await connect(dsn)
     whole: list[tuple[int, float]] = []
     walk_only: list[tuple[int, float]] = []
@@ -608,6 +608,51 @@ def memory_walks(
         n = bfs(table, start.node_id, 20)
         out.append((n, time.perf_counter() - t))
     gc.enable()
+    return out
+
+
+async def writer_compare(dsn: str, starts: Sequence[Start], runs: int) -> Row:
+    """The service's copy loaded here, each answer written by the compiled writer and by the
+    Python one (``GraphIndex.accelerated``), timed alone (no HTTP, no catch-up query; this
+    process's collector frozen as the service's is), K runs; and their bytes compared."""
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1, init=_init_connection)
+    try:
+        cache = GraphCache(pool, max_versions=10**7)
+        await cache._reload()  # the service's own load, without its task
+        index = cache._index
+    finally:
+        await pool.close()
+    assert index is not None
+    out: Row = {"compiled_built": ACCELERATED}
+    for direction in ("downstream", "upstream"):
+        way = Direction(direction)
+        found = [index.lookup(parse_node_id(s.key)) for s in starts]
+        timed: dict[bool, list[dict[str, Row]]] = {True: [], False: []}
+        same = 0
+        for k in range(runs):
+            for compiled in (True, False) if ACCELERATED else (False,):
+                index.accelerated = compiled
+                samples = []
+                for query in found:
+                    t = time.perf_counter()
+                    body = index.answer(query, 20, way)
+                    elapsed = time.perf_counter() - t
+                    versions = body.count(b'{"id":"dataset:') + body.count(b'{"id":"model:')
+                    samples.append((versions - 1, elapsed))
+                timed[compiled].append(per_bucket(samples))
+            if k == 0 and ACCELERATED:
+                for query in found:
+                    index.accelerated = True
+                    mine = index.answer(query, 20, way)
+                    index.accelerated = False
+                    same += mine == index.answer(query, 20, way)
+        out[direction] = {
+            "compiled": median_buckets(timed[True]) if ACCELERATED else {},
+            "python": median_buckets(timed[False]),
+            "same_bytes": f"{same}/{len(found)}" if ACCELERATED else "-",
+        }
+    del index, cache
+    gc.collect()
     return out
 
 
@@ -868,6 +913,13 @@ async def measure(bench: Bench, args: argparse.Namespace, log: Callable[[str], N
         f" version check round trip p50 {info['version_check_ms_p50']:.3f} ms"
     )
 
+    log("the copy's two writers in this process (compiled, Python) …")
+    result["writers"] = await writer_compare(dsn, starts, args.runs)
+    log(
+        "  same bytes: "
+        + ", ".join(f"{d} {result['writers'][d]['same_bytes']}" for d in ("downstream", "upstream"))
+    )
+
     log("Marquez's SQL beside ours …")
     result["marquez"] = await marquez_compare(
         dsn,
@@ -940,6 +992,24 @@ def report(result: Row, meta: Row) -> str:
                 f" {_f(walk.get('p50'), 2):>9} {_f(walk.get('p99'), 2):>9}"
                 f" {_f(mem.get('p50'), 2):>14}"
             )
+    w = result["writers"]
+    lines += [
+        "",
+        "the copy's answer alone, in this process (no HTTP), p50 / p99 ms: compiled writer"
+        f" (built: {w['compiled_built']}) beside the Python one",
+    ]
+    for direction in ("downstream", "upstream"):
+        for low, high in BUCKETS:
+            b = bucket_name(low, high)
+            c, py = w[direction]["compiled"].get(b), w[direction]["python"].get(b)
+            if py is None:
+                continue
+            ratio = f"  ({py['p50'] / c['p50']:.1f}x at p50)" if c and c["p50"] else ""
+            lines.append(
+                f"  {direction:<11} {b:>12}  compiled {_f(c and c['p50'], 2)} /"
+                f" {_f(c and c['p99'], 2)}   Python {_f(py['p50'], 2)} / {_f(py['p99'], 2)}" + ratio
+            )
+        lines.append(f"  {direction}: same bytes from both writers {w[direction]['same_bytes']}")
     m = result["memory"]
     lines += [
         "",
