@@ -442,7 +442,7 @@ def _is_cache(path: Path) -> bool:
     return any(
         part == "__pycache__" or part.endswith((".egg-info", "_cache")) or part.startswith(".")
         for part in path.parts
-    ) or path.suffix in (".pyc", ".pyo")
+    ) or path.suffix in (".pyc", ".pyo", ".so")  # .so: built in place by an editable install
 
 
 def test_dockerfile_copies_what_exists_and_dockerignore_keeps_it() -> None:
