@@ -469,3 +469,54 @@ async def test_versions_holding_records_of_a_category_answer_what_a_purge_reache
     refused = await world.http.get("/api/v1/dataset-versions/holding")
     assert refused.status_code == 422
     assert chat["name"].endswith("/chat")
+
+
+async def test_each_finding_carries_the_trace_of_the_withdrawal_that_caused_it(
+    world: Scenario, kafka_bootstrap: str
+) -> None:
+    """Two withdrawals sent together (one fetch, as a rule): each finding is stored and
+    published in its own withdrawal's trace, not in the batch's, so an operator following
+    one withdrawal finds what it caused in every service."""
+    await world.publish_policy(
+        world.policy("1", content_bases=(ConsentMechanism.EXPLICIT_OPT_IN,)), T0
+    )
+    grants = [world.consent(s, OPT_IN, effective_at=T0 + timedelta(days=2)) for s in ("ann", "bob")]
+    await world.send_consent(*grants)
+    datasets = {
+        s: await world.register(f"{s}-set", {s: ["user.content.public"]}) for s in ("ann", "bob")
+    }
+    traces = {"ann": uuid.uuid4().hex, "bob": uuid.uuid4().hex}
+    records: list[Record] = []
+    for subject, trace in traces.items():
+        withdrawal = world.consent(
+            subject, ConsentState.WITHDRAWN, mechanism=ConsentMechanism.OPT_OUT
+        )
+        message = encode_event(
+            CONSENT_EVENTS, withdrawal, key=withdrawal.subject_id, source="/test"
+        )
+        traceparent = ("traceparent", f"00-{trace}-{'2' * 16}-01".encode())
+        headers = [h for h in message.headers if h[0] != "traceparent"] + [traceparent]
+        records.append((message.key, message.value, headers))
+    await produce(kafka_bootstrap, CONSENT_EVENTS.name, records)
+
+    async def both_found() -> bool:
+        return len(await world.findings()) == 2
+
+    await world.until(both_found, "a finding per withdrawal")
+    response = await world.http.get("/api/v1/findings")
+    rows = [r for r in response.json() if r["finding"]["policy_id"] == world.policy_id]
+    trace_of = {r["finding"]["dataset"]["name"]: r["trace_id"] for r in rows}
+    assert trace_of == {datasets[s]["name"]: traces[s] for s in traces}
+
+    published = await collect(
+        kafka_bootstrap,
+        FINDINGS.name,
+        lambda r: r.key is not None and world.tag in r.key.decode(),
+        expected=2,
+        within=30,
+    )
+    for record in published:
+        sent = dict(record.headers)
+        name = json.loads(record.value)["dataset"]["name"]
+        subject = next(s for s in traces if datasets[s]["name"] == name)
+        assert sent["traceparent"].decode().split("-")[1] == traces[subject]

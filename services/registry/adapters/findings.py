@@ -19,9 +19,10 @@ Concurrency (advisory locks, transaction-scoped):
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import chain
 from typing import Any
 from uuid import UUID
 
@@ -211,6 +212,17 @@ class FindingStore:
 
         ``lock``: first take the lock of each finding touched (a consent transaction; an
         evaluation holds its version exclusively instead)."""
+        return set(await self.reconcile_by_subject(desired, stored, lock=lock))
+
+    async def reconcile_by_subject(
+        self,
+        desired: Sequence[Contribution],
+        stored: dict[ContributionKey, StoredContribution],
+        *,
+        lock: bool = False,
+    ) -> dict[UUID, set[str]]:
+        """``reconcile``, telling for each finding touched the subjects whose contributions
+        to it changed (so a finding can carry the trace of the event that changed it)."""
         wanted = {c.key: c for c in desired}
         changed = [
             c
@@ -219,7 +231,9 @@ class FindingStore:
             or (s.records, s.sample, s.events) != (c.records, c.sample, c.events)
         ]
         gone = [key for key in stored if key not in wanted]
-        touched = {c.cause.finding_id for c in changed} | {key[2] for key in gone}
+        touched: dict[UUID, set[str]] = {}
+        for key in chain((c.key for c in changed), gone):
+            touched.setdefault(key[2], set()).add(key[0])
         if lock:
             await self._lock_findings(touched)
         if gone:
@@ -261,10 +275,14 @@ class FindingStore:
         return touched
 
     async def refresh(
-        self, finding_ids: Iterable[UUID], trace_id: str | None = None
+        self,
+        finding_ids: Iterable[UUID],
+        trace_id: str | None = None,
+        traces: Mapping[UUID, str | None] | None = None,
     ) -> list[tuple[DatasetFinding, int]]:
         """Recompute the findings' totals from their contributions; store and return those
-        whose published state changes, each with its history sequence number.
+        whose published state changes, each with its history sequence number. A finding's
+        stored trace is its own in ``traces``, else ``trace_id``.
 
         A finding not stored yet is created here, its body built once, from the cause
         ``reconcile`` saw (one body per finding, not one per contribution)."""
@@ -326,17 +344,18 @@ class FindingStore:
                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::integer[],
                                      $5::integer[], $6::bigint[], $7::text[], $8::text[],
                                      $9::text[], $10::text[], $11::text[], $12::text[],
-                                     $13::text[], $14::timestamptz[]) WITH ORDINALITY
+                                     $13::text[], $14::timestamptz[], $15::text[])
+                    WITH ORDINALITY
                     AS c(finding_id, body, status, records, subjects, dataset_version_id,
                          namespace, name, version, severity, reason, policy_id,
-                         policy_version, detected_at, n)
+                         policy_version, detected_at, trace_id, n)
             ), stored AS (
                 INSERT INTO findings AS f (finding_id, dataset_version_id, namespace, name,
                     version, status, severity, reason, policy_id, policy_version, detected_at,
                     body, affected_records, affected_subjects, trace_id)
                 SELECT finding_id, dataset_version_id, namespace, name, version, status,
                        severity, reason, policy_id, policy_version, detected_at, body::jsonb,
-                       records, subjects, $15
+                       records, subjects, trace_id
                 FROM changed
                 ON CONFLICT (finding_id) DO UPDATE
                     SET body = excluded.body, status = excluded.status,
@@ -362,7 +381,7 @@ class FindingStore:
             [b.policy_id for b in bodies],
             [b.policy_version for b in bodies],
             [b.detected_at for b in bodies],
-            trace_id,
+            [(traces or {}).get(b.finding_id, trace_id) for b in bodies],
         )
         seqs = {r["finding_id"]: int(r["seq"]) for r in rows}
         return [(b, seqs[b.finding_id]) for b in bodies]

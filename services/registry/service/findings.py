@@ -14,10 +14,11 @@ active again) on ``registry.findings.v1`` through the outbox.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from contracts.events import DatasetFinding, PolicyChange
+from contracts.events import ConsentEvent, DatasetFinding, PolicyChange
 from contracts.topics import FINDINGS
 from services.registry.adapters.findings import (
     EVALUATION_CHANNEL,
@@ -27,7 +28,9 @@ from services.registry.adapters.findings import (
 )
 from services.registry.adapters.repository import RegistryRepository
 from services.registry.domain.findings import Contribution, PolicyBook, judge
+from services.runtime.consumer import continue_trace
 from services.runtime.db import Connection
+from services.runtime.messages import Event
 from services.runtime.telemetry import current_trace_id
 from services.runtime.unit_of_work import UnitOfWork, unit_of_work
 from services.runtime.worker import WorkerContext, WorkerSpec
@@ -69,8 +72,18 @@ async def enqueue_for_policy(uow: UnitOfWork, change: PolicyChange) -> int:
     )
 
 
-async def reevaluate_subjects(uow: UnitOfWork, subject_ids: Sequence[str]) -> int:
+async def reevaluate_subjects(
+    uow: UnitOfWork,
+    subject_ids: Sequence[str],
+    causes: Mapping[str, Event[ConsentEvent]] | None = None,
+) -> int:
     """Re-judge every use of these subjects; returns how many findings changed.
+
+    ``causes``: the consent event of each subject that brought this about (the last of a
+    batch). A finding changed is stored and published in the trace of the latest of them
+    among the subjects whose contributions to it changed, not in the batch's trace: one
+    withdrawal is followed through every service (an operator's question is "what did
+    this withdrawal cause?").
 
     Several consumers may run this at once: it holds the subjects' versions shared and
     locks only the findings it changes (see ``adapters.findings``)."""
@@ -94,7 +107,26 @@ async def reevaluate_subjects(uow: UnitOfWork, subject_ids: Sequence[str]) -> in
     repo = RegistryRepository(conn)
     histories = await repo.histories(sorted({u.subject_id for u in uses}))
     book = await _policy_book(repo)
-    return await _settle(uow, store, judge(uses, histories, book), stored, lock=True)
+    desired = judge(uses, histories, book)
+    if not causes:
+        return await _settle(uow, store, desired, stored, lock=True)
+    touched = await store.reconcile_by_subject(desired, stored, lock=True)
+    order = {subject: n for n, subject in enumerate(causes)}
+    cause_of = {
+        finding_id: causes[max(mine, key=order.__getitem__)]
+        for finding_id, subjects in touched.items()
+        if (mine := [s for s in subjects if s in order])
+    }
+    traces: dict[UUID, str | None] = {}
+    for finding_id, event in cause_of.items():
+        with continue_trace(event):
+            traces[finding_id] = current_trace_id()
+    changed = await store.refresh(touched, current_trace_id(), traces)
+    for finding, seq in changed:
+        cause = cause_of.get(finding.finding_id)
+        with continue_trace(cause) if cause is not None else nullcontext():
+            _publish(uow, finding, seq)
+    return len(changed)
 
 
 _BOOK: tuple[tuple[int, object], PolicyBook] | None = None

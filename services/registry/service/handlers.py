@@ -32,6 +32,13 @@ async def on_consent_event(event: Event[ConsentEvent], uow: UnitOfWork) -> None:
 
 
 async def on_consent_events(events: Sequence[Event[ConsentEvent]], uow: UnitOfWork) -> None:
-    """``on_consent_event`` for a fetched batch: one statement per step, not per event."""
+    """``on_consent_event`` for a fetched batch: one statement per step, not per event; the
+    findings a subject's event changed carry that event's trace."""
     new = await RegistryRepository(uow.connection).save_consents([e.body for e in events])
-    await reevaluate_subjects(uow, [e.subject_id for e in new])
+    fresh = {e.consent_event_id for e in new}
+    causes: dict[str, Event[ConsentEvent]] = {}
+    for event in events:  # in batch order: a subject's last event wins, and counts as latest
+        if event.body.consent_event_id in fresh:
+            causes.pop(event.body.subject_id, None)
+            causes[event.body.subject_id] = event
+    await reevaluate_subjects(uow, list(causes), causes)
