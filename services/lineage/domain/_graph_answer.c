@@ -170,6 +170,39 @@ static int check_run(state *s, int32_t run) {
     return 0;
 }
 
+/* ------------------------------------------------------------------ prefetching */
+
+/* A walk or a write is chains of dependent loads into scattered objects (list slot, row
+ * tuple, its items): each loop over nodes asks for the row of the node AHEAD * 2 places
+ * on, and for the items it will read of the node AHEAD places on, so the misses overlap
+ * instead of following one another. */
+enum { AHEAD = 6 };
+
+static inline void ahead_row(PyObject *list, Py_ssize_t bound, int32_t id) {
+    if (id >= 0 && id < bound)
+        __builtin_prefetch(PyList_GET_ITEM(list, id));
+}
+
+static inline void ahead_items(PyObject *list, Py_ssize_t bound, int32_t id, int a, int b) {
+    if (id < 0 || id >= bound)
+        return;
+    PyObject *row = PyList_GET_ITEM(list, id);
+    if (!PyTuple_CheckExact(row) || PyTuple_GET_SIZE(row) != ROW_SIZE)
+        return;
+    __builtin_prefetch(PyTuple_GET_ITEM(row, a));
+    if (b >= 0)
+        __builtin_prefetch(PyTuple_GET_ITEM(row, b));
+}
+
+/* In a loop over ids[0:n] at i: rows of a list bounded by bound, items a and b. */
+#define PREFETCH(list, bound, ids, i, n, a, b)                                                 \
+    do {                                                                                       \
+        if ((i) + 2 * AHEAD < (n))                                                             \
+            ahead_row((list), (bound), (ids)[(i) + 2 * AHEAD]);                                \
+        if ((i) + AHEAD < (n))                                                                 \
+            ahead_items((list), (bound), (ids)[(i) + AHEAD], (a), (b));                        \
+    } while (0)
+
 /* ------------------------------------------------------------------ the walk */
 
 /* Breadth first through at most depth runs, each version expanded once: as
@@ -195,6 +228,7 @@ static int walk(state *s, const ivec *seeds, Py_ssize_t depth, int down) {
     for (Py_ssize_t level = 0; level < depth && frontier.n > 0; level++) {
         new_runs.n = 0;
         for (Py_ssize_t i = 0; i < frontier.n; i++) {
+            PREFETCH(s->rows, s->max_node + 1, frontier.at, i, frontier.n, near_item, -1);
             int32_t v = frontier.at[i];
             s->vflag[v] |= expanded_flag;
             PyObject *near_obj = version_item(s, v, near_item);
@@ -227,6 +261,7 @@ static int walk(state *s, const ivec *seeds, Py_ssize_t depth, int down) {
         }
         next.n = 0;
         for (Py_ssize_t i = 0; i < new_runs.n; i++) {
+            PREFETCH(s->run_rows, s->runs, new_runs.at, i, new_runs.n, far_item, -1);
             ints far;
             if (ints_open(run_item(s, new_runs.at[i], far_item), &far) < 0)
                 goto done;
@@ -290,7 +325,10 @@ static keyed *sorted_by_key(state *s, const ivec *ids, int versions) {
         PyErr_NoMemory();
         return NULL;
     }
+    PyObject *list = versions ? s->rows : s->run_rows;
+    Py_ssize_t bound = versions ? s->max_node + 1 : s->runs;
     for (Py_ssize_t i = 0; i < ids->n; i++) {
+        PREFETCH(list, bound, ids->at, i, ids->n, ROW_KEY, -1);
         int32_t id = ids->at[i];
         PyObject *k = versions ? version_item(s, id, ROW_KEY) : run_item(s, id, ROW_KEY);
         if (k == NULL) {
@@ -580,10 +618,18 @@ static PyObject *answer(PyObject *self, PyObject *args) {
     if (runs == NULL)
         goto done;
 
-    /* A partly listed node is never longer than its fragment. */
+    /* The listed ids in answer order (for prefetching), then sizes: a partly listed node is
+     * never longer than its fragment. */
+    for (Py_ssize_t i = 0; i < s.listed_versions.n; i++)
+        s.listed_versions.at[i] = versions[i].id;
+    for (Py_ssize_t i = 0; i < s.listed_runs.n; i++)
+        s.listed_runs.at[i] = runs[i].id;
+    const int32_t *vs = s.listed_versions.at, *rs = s.listed_runs.at;
+    const Py_ssize_t nv = s.listed_versions.n, nr = s.listed_runs.n, bound = max_node + 1;
     Py_ssize_t size = 16 + s.listed_versions.n + s.listed_runs.n;
-    for (Py_ssize_t i = 0; i < s.listed_versions.n; i++) {
-        PyObject *f = version_item(&s, versions[i].id, ROW_FRAGMENT);
+    for (Py_ssize_t i = 0; i < nv; i++) {
+        PREFETCH(s.rows, bound, vs, i, nv, ROW_FRAGMENT, -1);
+        PyObject *f = version_item(&s, vs[i], ROW_FRAGMENT);
         if (f == NULL)
             goto done;
         if (!PyBytes_Check(f)) {
@@ -592,8 +638,9 @@ static PyObject *answer(PyObject *self, PyObject *args) {
         }
         size += PyBytes_GET_SIZE(f);
     }
-    for (Py_ssize_t i = 0; i < s.listed_runs.n; i++) {
-        size += PyBytes_GET_SIZE(run_item(&s, runs[i].id, ROW_FRAGMENT));
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        PREFETCH(s.run_rows, s.runs, rs, i, nr, ROW_FRAGMENT, -1);
+        size += PyBytes_GET_SIZE(run_item(&s, rs[i], ROW_FRAGMENT));
     }
     w.bytes = PyBytes_FromStringAndSize(NULL, size);
     if (w.bytes == NULL)
@@ -602,12 +649,16 @@ static PyObject *answer(PyObject *self, PyObject *args) {
     if (PUT_LIT(&w, "{\"graph\":[") < 0)
         goto done;
     Py_ssize_t written = 0;
-    for (Py_ssize_t i = 0; i < s.listed_versions.n; i++, written++)
-        if ((written && PUT_LIT(&w, ",") < 0) || put_version(&s, &w, versions[i].id, &ins, &outs) < 0)
+    for (Py_ssize_t i = 0; i < nv; i++, written++) {
+        PREFETCH(s.rows, bound, vs, i, nv, ROW_READERS, ROW_WRITERS);
+        if ((written && PUT_LIT(&w, ",") < 0) || put_version(&s, &w, vs[i], &ins, &outs) < 0)
             goto done;
-    for (Py_ssize_t i = 0; i < s.listed_runs.n; i++, written++)
-        if ((written && PUT_LIT(&w, ",") < 0) || put_run(&s, &w, runs[i].id, &ins, &outs) < 0)
+    }
+    for (Py_ssize_t i = 0; i < nr; i++, written++) {
+        PREFETCH(s.run_rows, s.runs, rs, i, nr, ROW_INPUTS, ROW_OUTPUTS);
+        if ((written && PUT_LIT(&w, ",") < 0) || put_run(&s, &w, rs[i], &ins, &outs) < 0)
             goto done;
+    }
     if (PUT_LIT(&w, "]}") < 0 || _PyBytes_Resize(&w.bytes, w.len) < 0)
         goto done;
     result = w.bytes;
