@@ -6,11 +6,12 @@
  * them) was most of an answer of a few thousand nodes; here it is a loop over int arrays.
  *
  * It reads the index's own rows, under the GIL: a tuple per version (by node id) and per run
- * (by index) of (key: str, quoted id: bytes, fragment: bytes, and array('i') or None:
- * readers and writers of a version, inputs and outputs of a run), and, contiguous, each
- * fragment's head length and each run's sides (has inputs, has outputs). Fragments must be
- * fresh (GraphIndex.refresh first). What costs is reaching scattered Python objects, so a
- * node is reached through as few of them as can be.
+ * (by index) of (key: str, quoted id: bytes, fragment: bytes, the ids of its readers and
+ * writers (a run: inputs and outputs) as bytes of int32, and their quoted ids, tuples in
+ * the same order), and, contiguous, each fragment's head length and each run's sides (has
+ * inputs, has outputs). Rows and fragments must be fresh (GraphIndex.refresh first). What
+ * costs is reaching scattered Python objects, so a node is reached through as few of them
+ * as can be: an edge's far end is written from the near end's row alone.
  *
  * Which edges a node has (D/U: the downstream/upstream walk, E: versions it expanded,
  * R: runs it reached):
@@ -31,8 +32,22 @@
 enum { V_REACHED_D = 1, V_EXPANDED_D = 2, V_REACHED_U = 4, V_EXPANDED_U = 8, V_LISTED = 16 };
 enum { R_DOWN = 1, R_UP = 2 };
 enum { HAS_INPUTS = 1, HAS_OUTPUTS = 2 }; /* run_sides, kept by GraphIndex.put_run_io */
-enum { ROW_KEY, ROW_QUOTED, ROW_FRAGMENT, ROW_READERS, ROW_WRITERS, ROW_SIZE };
-enum { ROW_INPUTS = ROW_READERS, ROW_OUTPUTS = ROW_WRITERS };
+enum {
+    ROW_KEY,
+    ROW_QUOTED,
+    ROW_FRAGMENT,
+    ROW_READERS,   /* ids (bytes of int32) */
+    ROW_WRITERS,   /* ids */
+    ROW_READERS_Q, /* their quoted ids (a tuple of bytes, in the same order) */
+    ROW_WRITERS_Q,
+    ROW_SIZE
+};
+enum {
+    ROW_INPUTS = ROW_READERS,
+    ROW_OUTPUTS = ROW_WRITERS,
+    ROW_INPUTS_Q = ROW_READERS_Q,
+    ROW_OUTPUTS_Q = ROW_WRITERS_Q
+};
 
 static const char IN_EDGES[] = "\"inEdges\":[";
 static const char OUT_EDGES[] = "],\"outEdges\":[";
@@ -67,7 +82,7 @@ static void ivec_free(ivec *v) {
     v->n = v->cap = 0;
 }
 
-/* ------------------------------------------------------------------ array('i') access */
+/* ------------------------------------------------------------------ ids: bytes or array('i') */
 
 typedef struct {
     const int32_t *at;
@@ -76,13 +91,23 @@ typedef struct {
     int held;
 } ints;
 
-/* The ints of an array('i'); NULL (a dict miss) is empty. */
+/* The ints of a row's ids (bytes of native int32: their data is in the object, one miss
+ * fewer than an array's) or of an array('i'); None is empty. */
 static int ints_open(PyObject *obj, ints *out) {
     out->at = NULL;
     out->n = 0;
     out->held = 0;
     if (obj == NULL || obj == Py_None)
         return 0;
+    if (PyBytes_CheckExact(obj)) {
+        if (PyBytes_GET_SIZE(obj) % 4 != 0) {
+            PyErr_SetString(PyExc_TypeError, "ids: bytes of int32 expected");
+            return -1;
+        }
+        out->at = (const int32_t *)PyBytes_AS_STRING(obj);
+        out->n = PyBytes_GET_SIZE(obj) / 4;
+        return 0;
+    }
     if (PyObject_GetBuffer(obj, &out->view, PyBUF_FORMAT) < 0)
         return -1;
     out->held = 1;
@@ -145,15 +170,6 @@ static int list_run(state *s, int32_t run) {
     return ivec_push(&s->listed_runs, run);
 }
 
-/* A run a version's edge names: listed by the walk, else the rules and walk disagree. */
-static PyObject *listed_run_quoted(state *s, int32_t run) {
-    if (!(s->rflag[run] & (R_DOWN | R_UP))) {
-        PyErr_Format(PyExc_RuntimeError, "run %d is in an edge but not in the walk", (int)run);
-        return NULL;
-    }
-    return run_item(s, run, ROW_QUOTED);
-}
-
 static int check_node(state *s, int32_t node) {
     if (node < 0 || node > s->max_node) {
         PyErr_Format(PyExc_ValueError, "version node %d out of range", (int)node);
@@ -168,6 +184,14 @@ static int check_run(state *s, int32_t run) {
         return -1;
     }
     return 0;
+}
+
+/* The quoted ids beside n ids in a row (a tuple of as many bytes; None when n is 0). */
+static PyObject *quoted_of(PyObject *q, Py_ssize_t n) {
+    if ((q == Py_None && n == 0) || (PyTuple_CheckExact(q) && PyTuple_GET_SIZE(q) == n))
+        return q;
+    PyErr_SetString(PyExc_TypeError, "a row's quoted ids do not match its ids");
+    return NULL;
 }
 
 /* ------------------------------------------------------------------ prefetching */
@@ -303,14 +327,19 @@ done:
 /* ------------------------------------------------------------------ ordering by id */
 
 typedef struct {
+    uint64_t prefix; /* 8 bytes from where the keys start to differ, big-endian, 0-padded */
     const char *utf8;
     Py_ssize_t len;
     int32_t id;
 } keyed;
 
-/* Code point order (Python's str order) is UTF-8 byte order. */
+/* Code point order (Python's str order) is UTF-8 byte order. The prefixes decide most
+ * comparisons (ids share long beginnings: "dataset:s3://lake:..."); equal ones fall back
+ * to the whole keys (a key ending inside the prefix pads with 0, as a NUL would). */
 static int keyed_cmp(const void *a, const void *b) {
     const keyed *x = a, *y = b;
+    if (x->prefix != y->prefix)
+        return x->prefix < y->prefix ? -1 : 1;
     Py_ssize_t n = x->len < y->len ? x->len : y->len;
     int c = memcmp(x->utf8, y->utf8, (size_t)n);
     if (c != 0)
@@ -341,6 +370,19 @@ static keyed *sorted_by_key(state *s, const ivec *ids, int versions) {
             return NULL;
         }
         out[i].id = id;
+    }
+    Py_ssize_t common = ids->n ? out[0].len : 0;
+    for (Py_ssize_t i = 1; i < ids->n && common > 0; i++) {
+        Py_ssize_t j = 0, n = out[i].len < common ? out[i].len : common;
+        while (j < n && out[i].utf8[j] == out[0].utf8[j])
+            j++;
+        common = j;
+    }
+    for (Py_ssize_t i = 0; i < ids->n; i++) {
+        uint64_t p = 0;
+        for (Py_ssize_t j = common; j < common + 8; j++)
+            p = (p << 8) | (j < out[i].len ? (uint8_t)out[i].utf8[j] : 0);
+        out[i].prefix = p;
     }
     qsort(out, (size_t)ids->n, sizeof(keyed), keyed_cmp);
     return out;
@@ -450,6 +492,10 @@ static int put_version(state *s, writer *w, int32_t v, refs *ins, refs *outs) {
         return -1;
     }
     int rc = -1;
+    PyObject *writers_q = quoted_of(version_item(s, v, ROW_WRITERS_Q), writers.n);
+    PyObject *readers_q = quoted_of(version_item(s, v, ROW_READERS_Q), readers.n);
+    if (writers_q == NULL || readers_q == NULL)
+        goto done;
     const int all_in = s->vflag[v] & V_EXPANDED_U, all_out = s->vflag[v] & V_EXPANDED_D;
     Py_ssize_t whole_in = 0, whole_out = 0;
     ins->n = outs->n = 0;
@@ -459,11 +505,9 @@ static int put_version(state *s, writer *w, int32_t v, refs *ins, refs *outs) {
             goto done;
         const int has_inputs = s->sides[r] & HAS_INPUTS;
         whole_in += has_inputs != 0;
-        if ((s->rflag[r] & R_DOWN) || (all_in && has_inputs)) {
-            PyObject *q = listed_run_quoted(s, r);
-            if (q == NULL || refs_push(ins, q) < 0)
-                goto done;
-        }
+        if (((s->rflag[r] & R_DOWN) || (all_in && has_inputs)) &&
+            refs_push(ins, PyTuple_GET_ITEM(writers_q, i)) < 0)
+            goto done;
     }
     for (Py_ssize_t i = 0; i < readers.n; i++) {
         int32_t r = readers.at[i];
@@ -471,11 +515,9 @@ static int put_version(state *s, writer *w, int32_t v, refs *ins, refs *outs) {
             goto done;
         const int has_outputs = s->sides[r] & HAS_OUTPUTS;
         whole_out += has_outputs != 0;
-        if ((s->rflag[r] & R_UP) || (all_out && has_outputs)) {
-            PyObject *q = listed_run_quoted(s, r);
-            if (q == NULL || refs_push(outs, q) < 0)
-                goto done;
-        }
+        if (((s->rflag[r] & R_UP) || (all_out && has_outputs)) &&
+            refs_push(outs, PyTuple_GET_ITEM(readers_q, i)) < 0)
+            goto done;
     }
     if (ins->n == whole_in && outs->n == whole_out)
         rc = put_bytes(w, fragment);
@@ -488,19 +530,20 @@ done:
     return rc;
 }
 
-/* The quoted ids of a run's ends: all of them, or those with a flag. */
-static int run_ends(state *s, const ints *ends, int every, uint8_t flag, refs *out) {
+/* The quoted ids of a run's ends (quoted: beside them in its row): all of them, or those
+ * with a flag. */
+static int run_ends(state *s, const ints *ends, PyObject *quoted, int every, uint8_t flag,
+                    refs *out) {
     out->n = 0;
+    if (quoted_of(quoted, ends->n) == NULL)
+        return -1;
     for (Py_ssize_t i = 0; i < ends->n; i++) {
         int32_t x = ends->at[i];
         if (check_node(s, x) < 0)
             return -1;
         if (!every && !(s->vflag[x] & flag))
             continue;
-        PyObject *q = version_item(s, x, ROW_QUOTED);
-        if (q == NULL)
-            return -1;
-        if (refs_push(out, q) < 0)
+        if (refs_push(out, PyTuple_GET_ITEM(quoted, i)) < 0)
             return -1;
     }
     return 0;
@@ -517,9 +560,11 @@ static int put_run(state *s, writer *w, int32_t r, refs *ins, refs *outs) {
     }
     int rc = -1;
     ins->n = outs->n = 0;
-    if ((in_up || in_down) && run_ends(s, &inputs, in_up, V_EXPANDED_D, ins) < 0)
+    if ((in_up || in_down) &&
+        run_ends(s, &inputs, run_item(s, r, ROW_INPUTS_Q), in_up, V_EXPANDED_D, ins) < 0)
         goto done;
-    if ((in_down || in_up) && run_ends(s, &outputs, in_down, V_EXPANDED_U, outs) < 0)
+    if ((in_down || in_up) &&
+        run_ends(s, &outputs, run_item(s, r, ROW_OUTPUTS_Q), in_down, V_EXPANDED_U, outs) < 0)
         goto done;
     Py_ssize_t whole_in = outputs.n ? inputs.n : 0, whole_out = inputs.n ? outputs.n : 0;
     PyObject *fragment = run_item(s, r, ROW_FRAGMENT);

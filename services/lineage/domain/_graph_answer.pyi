@@ -1,7 +1,7 @@
 from array import array
 from collections.abc import Iterable
 
-_Row = tuple[str, bytes, bytes, array[int] | None, array[int] | None]
+_Row = tuple[str, bytes, bytes, bytes, bytes, tuple[bytes, ...], tuple[bytes, ...]]
 
 def answer(
     seeds: Iterable[int],

@@ -99,7 +99,7 @@ _OUT_EDGES = b'],"outEdges":['
 _EMPTY: array[int] = array("i")
 _NONE: frozenset[int] = frozenset()
 _HAS_INPUTS, _HAS_OUTPUTS = 1, 2
-_Row = tuple[str, bytes, bytes, "array[int] | None", "array[int] | None"]
+_Row = tuple[str, bytes, bytes, bytes, bytes, tuple[bytes, ...], tuple[bytes, ...]]
 
 
 def _name_key(namespace: str, name: str) -> str:
@@ -213,10 +213,12 @@ class GraphIndex:
         self._inputs: list[array[int]] = []
         self._outputs: list[array[int]] = []
         # For the compiled writer, whose cost is reaching scattered objects: each node's
-        # (key, quoted, fragment, readers or inputs, writers or outputs) in one tuple (the
-        # objects above; None for no readers or writers), versions by node id while ids are
-        # dense (``_DENSE``; else None), runs by index; each fragment's head length; and
-        # by run, 1 if it has inputs, 2 if it has outputs.
+        # row, written with its fragment (``refresh``): one tuple of (key, quoted,
+        # fragment, its readers' and writers' ids (a run: inputs, outputs) as bytes, and
+        # their quoted ids in the same order), so that a node and its edges' far ends are
+        # written from it alone. Versions by node id while ids are dense (``_DENSE``; else
+        # None), runs by index. Also each fragment's head length, and by run, 1 if it has
+        # inputs, 2 if it has outputs.
         self._rows: list[_Row | None] | None = []
         self._version_heads: array[int] = array("i")
         self._run_rows: list[_Row] = []
@@ -261,7 +263,6 @@ class GraphIndex:
                     self._stale_runs.setdefault(run, None)
             self._key[node] = key
             self._quoted[node] = _quoted(key)
-            self._set_row(node)
             self._stale_versions[node] = node_head(key, kind, version_data_json(info)).encode()
 
     def put_runs(self, infos: Iterable[RunInfo]) -> None:
@@ -279,9 +280,7 @@ class GraphIndex:
                 job = _name_key(info.job_namespace, info.job_name)
                 self._inputs.append(array("i"))
                 self._outputs.append(array("i"))
-                self._run_rows.append(
-                    (key, self._run_quoted[index], b"", self._inputs[index], self._outputs[index])
-                )
+                self._run_rows.append((key, self._run_quoted[index], b"", b"", b"", (), ()))
                 self._run_sides.append(0)
                 self._run_heads.append(0)
                 self._jobs.setdefault(job, array("i")).append(index)
@@ -325,14 +324,15 @@ class GraphIndex:
             runs = theirs.get(node)
             if runs is None:
                 theirs[node] = array("i", (run,))
-                self._set_row(node)
             else:
                 runs.append(run)
                 many_theirs.add(node)
             stale_runs.setdefault(run, None)
             stale_versions.setdefault(node, None)
 
-    def _set_row(self, node: int) -> bool:
+    def _set_row(
+        self, node: int, fragment: bytes, readers: array[int], writers: array[int]
+    ) -> bool:
         """Write a version's row for the compiled writer; False once ids are sparse."""
         rows = self._rows
         if rows is None:
@@ -344,12 +344,15 @@ class GraphIndex:
             grow = node + 1 - len(rows)
             rows.extend([None] * grow)
             self._version_heads.frombytes(bytes(4 * grow))
+        quoted = self._run_quoted
         rows[node] = (
             self._key[node],
             self._quoted[node],
-            self._fragment.get(node, b""),
-            self._readers.get(node),
-            self._writers.get(node),
+            fragment,
+            readers.tobytes(),
+            writers.tobytes(),
+            tuple([quoted[r] for r in readers]),
+            tuple([quoted[r] for r in writers]),
         )
         return True
 
@@ -384,7 +387,7 @@ class GraphIndex:
                 [run_quoted[r] for r in writers if r not in no_inputs],
                 [run_quoted[r] for r in readers if r not in no_outputs],
             )
-            if self._set_row(node):
+            if self._set_row(node, fragment, readers, writers):
                 self._version_heads[node] = len(head)
         while stale_runs and budget > 0:
             run, head = stale_runs.popitem()
@@ -401,7 +404,15 @@ class GraphIndex:
                 [quoted[n] for n in inputs] if outputs else [],
                 [quoted[n] for n in outputs] if inputs else [],
             )
-            self._run_rows[run] = (run_key_[run], run_quoted[run], fragment, inputs, outputs)
+            self._run_rows[run] = (
+                run_key_[run],
+                run_quoted[run],
+                fragment,
+                inputs.tobytes(),
+                outputs.tobytes(),
+                tuple([quoted[n] for n in inputs]),
+                tuple([quoted[n] for n in outputs]),
+            )
         if stale_versions or stale_runs:
             return True
         # A set keeps its table when emptied (all runs start here and most leave at once):
