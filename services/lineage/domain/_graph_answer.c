@@ -156,14 +156,14 @@ static PyObject *run_item(state *s, int32_t run, int item) {
     return PyTuple_GET_ITEM(PyList_GET_ITEM(s->run_rows, run), item);
 }
 
-/* A run is in the answer: its row must be (str, bytes, bytes, array or None, ...). */
+/* A run is in the answer: its row must be (str, bytes, bytes, ids, ids, quoted, quoted). */
 static int list_run(state *s, int32_t run) {
     PyObject *row = PyList_GET_ITEM(s->run_rows, run);
     if (!PyTuple_CheckExact(row) || PyTuple_GET_SIZE(row) != ROW_SIZE ||
         !PyUnicode_Check(PyTuple_GET_ITEM(row, ROW_KEY)) ||
         !PyBytes_Check(PyTuple_GET_ITEM(row, ROW_QUOTED)) ||
         !PyBytes_Check(PyTuple_GET_ITEM(row, ROW_FRAGMENT))) {
-        PyErr_Format(PyExc_TypeError, "run %d: a row is (str, bytes, bytes, array, array)",
+        PyErr_Format(PyExc_TypeError, "run %d: a row is (str, bytes, bytes, ids, ids, ...)",
                      (int)run);
         return -1;
     }
@@ -327,24 +327,94 @@ done:
 /* ------------------------------------------------------------------ ordering by id */
 
 typedef struct {
-    uint64_t prefix; /* 8 bytes from where the keys start to differ, big-endian, 0-padded */
+    uint64_t prefix; /* 8 bytes of the key at some offset, big-endian, 0-padded (sort_keys) */
     const char *utf8;
     Py_ssize_t len;
     int32_t id;
 } keyed;
 
-/* Code point order (Python's str order) is UTF-8 byte order. The prefixes decide most
- * comparisons (ids share long beginnings: "dataset:s3://lake:..."); equal ones fall back
- * to the whole keys (a key ending inside the prefix pads with 0, as a NUL would). */
+/* Code point order (Python's str order) is UTF-8 byte order. */
 static int keyed_cmp(const void *a, const void *b) {
     const keyed *x = a, *y = b;
-    if (x->prefix != y->prefix)
-        return x->prefix < y->prefix ? -1 : 1;
     Py_ssize_t n = x->len < y->len ? x->len : y->len;
     int c = memcmp(x->utf8, y->utf8, (size_t)n);
     if (c != 0)
         return c;
     return (x->len > y->len) - (x->len < y->len);
+}
+
+static int prefix_cmp(const void *a, const void *b) {
+    const keyed *x = a, *y = b;
+    return (x->prefix > y->prefix) - (x->prefix < y->prefix);
+}
+
+/* a[0:n] in prefix order: a stable byte-wise radix sort (8 passes, a pass skipped when
+ * all its bytes are equal), qsort when small or out of memory. */
+static void sort_by_prefix(keyed *a, Py_ssize_t n) {
+    keyed *tmp = n < 64 ? NULL : PyMem_Malloc((size_t)n * sizeof(keyed));
+    if (tmp == NULL) {
+        qsort(a, (size_t)n, sizeof(keyed), prefix_cmp);
+        return;
+    }
+    keyed *from = a, *to = tmp;
+    for (int shift = 0; shift < 64; shift += 8) {
+        Py_ssize_t count[257] = {0};
+        for (Py_ssize_t i = 0; i < n; i++)
+            count[((from[i].prefix >> shift) & 0xff) + 1]++;
+        int one_bucket = 0;
+        for (int b = 1; b <= 256; b++)
+            one_bucket |= count[b] == n;
+        if (one_bucket)
+            continue;
+        for (int b = 1; b <= 256; b++)
+            count[b] += count[b - 1];
+        for (Py_ssize_t i = 0; i < n; i++)
+            to[count[(from[i].prefix >> shift) & 0xff]++] = from[i];
+        keyed *swap = from;
+        from = to;
+        to = swap;
+    }
+    if (from != a)
+        memcpy(a, from, (size_t)n * sizeof(keyed));
+    PyMem_Free(tmp);
+}
+
+/* Sorted as keyed_cmp sorts, comparing integers: ids share long beginnings
+ * ("dataset:s3://lake:..."), so a group is sorted on the 8 bytes past its common
+ * beginning (big-endian), then each run of equal ones the same way, past theirs. A key
+ * ending inside those 8 bytes pads with 0 (as a NUL would): such a run is sorted whole. */
+static void sort_keys(keyed *a, Py_ssize_t n, Py_ssize_t common) {
+    if (n < 2)
+        return;
+    /* Every key here is at least common long and shares its first common bytes. */
+    Py_ssize_t lcp = a[0].len;
+    for (Py_ssize_t i = 1; i < n && lcp > common; i++) {
+        Py_ssize_t j = common, m = a[i].len < lcp ? a[i].len : lcp;
+        while (j < m && a[i].utf8[j] == a[0].utf8[j])
+            j++;
+        lcp = j;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t p = 0;
+        for (Py_ssize_t j = lcp; j < lcp + 8; j++)
+            p = (p << 8) | (j < a[i].len ? (uint8_t)a[i].utf8[j] : 0);
+        a[i].prefix = p;
+    }
+    sort_by_prefix(a, n);
+    for (Py_ssize_t i = 0; i < n;) {
+        Py_ssize_t j = i + 1, shortest = a[i].len;
+        while (j < n && a[j].prefix == a[i].prefix) {
+            shortest = a[j].len < shortest ? a[j].len : shortest;
+            j++;
+        }
+        if (j - i > 1) {
+            if (shortest < lcp + 8)
+                qsort(a + i, (size_t)(j - i), sizeof(keyed), keyed_cmp);
+            else
+                sort_keys(a + i, j - i, lcp + 8);
+        }
+        i = j;
+    }
 }
 
 /* ids sorted by their key (a str from a dict by node id, or a list by run). */
@@ -371,20 +441,7 @@ static keyed *sorted_by_key(state *s, const ivec *ids, int versions) {
         }
         out[i].id = id;
     }
-    Py_ssize_t common = ids->n ? out[0].len : 0;
-    for (Py_ssize_t i = 1; i < ids->n && common > 0; i++) {
-        Py_ssize_t j = 0, n = out[i].len < common ? out[i].len : common;
-        while (j < n && out[i].utf8[j] == out[0].utf8[j])
-            j++;
-        common = j;
-    }
-    for (Py_ssize_t i = 0; i < ids->n; i++) {
-        uint64_t p = 0;
-        for (Py_ssize_t j = common; j < common + 8; j++)
-            p = (p << 8) | (j < out[i].len ? (uint8_t)out[i].utf8[j] : 0);
-        out[i].prefix = p;
-    }
-    qsort(out, (size_t)ids->n, sizeof(keyed), keyed_cmp);
+    sort_keys(out, ids->n, 0);
     return out;
 }
 

@@ -236,10 +236,13 @@ def test_the_compiled_writer_is_built_where_ci_runs() -> None:
 
 @pytest.mark.skipif(not ACCELERATED, reason="the compiled writer is not built here")
 def test_the_compiled_writer_writes_the_python_bytes_on_a_large_graph() -> None:
-    """Thousands of nodes, fan-in and fan-out of dozens, names that need escaping: sizes
-    the small hypothesis graphs never reach (growing vectors, long edge lists, sorting)."""
+    """Thousands of nodes, fan-in and fan-out of dozens, names that need escaping or sort
+    past long shared beginnings: sizes the small hypothesis graphs never reach (growing
+    vectors, long edge lists, radix sorting)."""
     rng = random.Random(20261126)
-    names = ["t", "t:x", "t#y", 'q"z', "ü", "a]b", "\\n"]
+    # Long shared beginnings, keys that are beginnings of others, NUL and multi-byte
+    # characters: the compiled writer sorts ids by 8-byte windows past shared beginnings.
+    names = ["t", "t:x", "t#y", 'q"z', "ü", "a]b", "\\n", "n\x00", "n", "shared_beginning_" * 3]
     versions = [
         VersionInfo(n, "s3://lake", f"{rng.choice(names)}{n}", f"v{n % 4}", rng.random() < 0.3)
         for n in range(1, 3001)
@@ -277,3 +280,21 @@ def test_sparse_node_ids_are_answered_in_python() -> None:
         for direction in Direction:
             want = expected(versions, runs, version.key, 5, direction)
             assert index.answer(index.lookup(query), 5, direction) == want
+
+
+@pytest.mark.skipif(not ACCELERATED, reason="the compiled writer is not built here")
+def test_ids_that_differ_only_by_trailing_nuls_are_ordered_as_python_orders_them() -> None:
+    """The compiled writer's sort compares 8-byte windows padded with 0: ids that are one
+    another's beginning followed by NULs tie there and must be ordered whole."""
+    versions = [
+        VersionInfo(n, "s3://lake", "a", "v1" + "\x00" * k, n % 2 == 0)
+        for n, k in enumerate([0, 1, 2, 9, 17], start=1)
+    ]
+    runs: list[RunSpec] = [(0, (1,), (2, 3)), (1, (2, 3), (4, 5)), (2, (1, 4), (5,))]
+    compiled = build_index(versions, runs, accelerated=True)
+    python = build_index(versions, runs, accelerated=False)
+    for version in versions:
+        found = compiled.lookup(parse_node_id(version.key))
+        for direction in Direction:
+            want = python.answer(found, 5, direction)
+            assert compiled.answer(found, 5, direction) == want
