@@ -74,9 +74,7 @@ from _common import (
     write_result,
 )
 
-from contracts.base import DatasetRef
 from contracts.envelope import Envelope
-from contracts.events import DatasetFinding, FindingReason, FindingStatus, Severity
 from contracts.topics import FINDINGS
 from services.lineage.adapters.graph import INFINITY, GraphRepository
 from services.lineage.adapters.repository import MAX_DEPTH, LineageRepository
@@ -89,7 +87,7 @@ from services.lineage.service.handlers import on_finding
 from services.runtime import embedded
 from services.runtime.db import _init_connection
 from services.runtime.messages import Event
-from services.runtime.testing import ServiceProcess, migrate_service
+from services.runtime.testing import ServiceProcess, dataset_finding, migrate_service
 from services.runtime.unit_of_work import unit_of_work
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -779,20 +777,8 @@ async def propagation(dsn: str, start: Start, runs: int, log: Callable[[str], No
                 f" (same {len(new):,} edges: {out['same_edges_as_before']})"
             )
         for i in range(runs):
-            finding = DatasetFinding(
-                finding_id=uuid.uuid4(),
-                status=FindingStatus.ACTIVE,
-                dataset=DatasetRef(
-                    namespace=start.namespace, name=start.name, version=start.version
-                ),
-                severity=Severity.DESTROY_REQUIRED,
-                reason=FindingReason.IMPROPER_USE,
-                policy_id="bench",
-                policy_version="1",
-                rule="bench",
-                affected_records=1,
-                affected_subjects=1,
-                detected_at=datetime.now(UTC),
+            finding = dataset_finding(
+                (start.namespace, start.name, start.version), policy_id="bench", rule="bench"
             )
             envelope = Envelope.new(
                 type=FINDINGS.event_type, source="/bench", subject=finding.dataset.key

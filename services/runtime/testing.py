@@ -1,7 +1,8 @@
 """Test support shared by the integration, end-to-end and benchmark code.
 
 Service processes on fresh databases, a TCP proxy that can cut Postgres away from a
-service, and small Kafka produce/collect helpers that read topics without a group.
+service, small Kafka produce/collect helpers that read topics without a group, and a
+dataset finding to start from (``dataset_finding``).
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
+from contracts.base import DatasetRef
+from contracts.events import DatasetFinding, FindingReason, FindingStatus, Severity
 from services.runtime import devstack, embedded
 from services.runtime.auth import DevKeys, write_dev_keys
 from services.runtime.migrate import upgrade
@@ -32,6 +36,7 @@ __all__ = [
     "ServiceProcess",
     "StartService",
     "collect",
+    "dataset_finding",
     "header",
     "migrate_service",
     "produce",
@@ -40,6 +45,35 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def dataset_finding(
+    dataset: DatasetRef | tuple[str, str, str] = ("s3://lake", "posts", "v1"),
+    **fields: Any,
+) -> DatasetFinding:
+    """An active improper-use finding on ``dataset`` (a ref or namespace, name, version)
+    that affects one record of one subject; ``fields`` set anything else (a new id each
+    call unless ``finding_id`` is given)."""
+    if isinstance(dataset, DatasetRef):
+        ref = dataset
+    else:
+        namespace, name, version = dataset
+        ref = DatasetRef(namespace=namespace, name=name, version=version)
+    values: dict[str, Any] = {
+        "finding_id": uuid.uuid4(),
+        "status": FindingStatus.ACTIVE,
+        "dataset": ref,
+        "severity": Severity.DESTROY_REQUIRED,
+        "reason": FindingReason.IMPROPER_USE,
+        "policy_id": "test",
+        "policy_version": "1",
+        "rule": "test rule",
+        "affected_records": 1,
+        "affected_subjects": 1,
+        "detected_at": datetime.now(UTC),
+    }
+    values.update(fields)
+    return DatasetFinding(**values)
 
 
 def migrate_service(name: str, database_url: str) -> None:

@@ -31,7 +31,6 @@ from contracts.events import (
     ConsentEvidence,
     ConsentMechanism,
     ConsentState,
-    DatasetFinding,
     DeletionTask,
     FindingReason,
     FindingStatus,
@@ -55,7 +54,14 @@ from contracts.topics import (
     Topic,
 )
 from services.runtime.messages import encode_event
-from services.runtime.testing import ServiceProcess, collect, header, produce, running_stack
+from services.runtime.testing import (
+    ServiceProcess,
+    collect,
+    dataset_finding,
+    header,
+    produce,
+    running_stack,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -139,17 +145,12 @@ def policy_change(tag: str) -> Record:
 
 
 def finding(tag: str) -> Record:
-    body = DatasetFinding(
-        finding_id=uuid.uuid4(),
-        status=FindingStatus.ACTIVE,
-        dataset=DatasetRef(namespace="s3://hostile", name=tag, version="v1"),
+    body = dataset_finding(
+        ("s3://hostile", tag, "v1"),
         severity=Severity.REVIEW,
         reason=FindingReason.LATER_WITHDRAWAL,
         policy_id=f"{tag}-policy",
-        policy_version="1",
         rule="hostile",
-        affected_records=1,
-        affected_subjects=1,
         detected_at=T0,
     )
     return _event(FINDINGS, body, body.dataset.key)

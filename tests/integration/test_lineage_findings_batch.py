@@ -17,16 +17,15 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from contracts.base import DatasetRef
 from contracts.envelope import Envelope
-from contracts.events import DatasetFinding, FindingReason, FindingStatus, Severity
+from contracts.events import DatasetFinding, FindingStatus, Severity
 from contracts.topics import FINDINGS
 from services.lineage.service.handlers import on_finding, on_findings
 from services.runtime.db import connect_pool
 from services.runtime.messages import Event
 from services.runtime.settings import ServiceSettings
 from services.runtime.telemetry import tracer
-from services.runtime.testing import migrate_service
+from services.runtime.testing import dataset_finding, migrate_service
 from services.runtime.unit_of_work import unit_of_work
 
 pytestmark = pytest.mark.integration
@@ -67,17 +66,11 @@ def finding(
     severity: Severity,
     trace_id: str | None = None,
 ) -> Event[DatasetFinding]:
-    body = DatasetFinding(
+    body = dataset_finding(
+        ("s3://lake", dataset, "v1"),
         finding_id=finding_id,
         status=status,
-        dataset=DatasetRef(namespace="s3://lake", name=dataset, version="v1"),
         severity=severity,
-        reason=FindingReason.IMPROPER_USE,
-        policy_id="p",
-        policy_version="1",
-        rule="r",
-        affected_records=1,
-        affected_subjects=1,
         detected_at=datetime(2026, 1, 1, tzinfo=UTC),
     )
     envelope = Envelope.new(type=FINDINGS.event_type, source="/test", subject=body.dataset.key)

@@ -23,12 +23,10 @@ from typing import Any
 import httpx
 import pytest
 
-from contracts.base import DatasetRef
-from contracts.events import DatasetFinding, FindingReason, FindingStatus, Severity
 from contracts.openlineage import SPEC_URL
 from contracts.topics import FINDINGS
 from services.runtime.messages import encode_event
-from services.runtime.testing import ServiceProcess, migrate_service, produce
+from services.runtime.testing import ServiceProcess, dataset_finding, migrate_service, produce
 
 pytestmark = pytest.mark.integration
 
@@ -256,18 +254,11 @@ async def wait_for(probe: Callable[[], Awaitable[bool]], what: str, within: floa
 async def test_flagged_models_are_marked_in_data_and_picture(
     lineage: ServiceProcess, kafka_bootstrap: str
 ) -> None:
-    finding = DatasetFinding(
-        finding_id=uuid.uuid4(),
-        status=FindingStatus.ACTIVE,
-        dataset=DatasetRef(namespace=LAKE, name="raw", version="v1"),
-        severity=Severity.DESTROY_REQUIRED,
-        reason=FindingReason.IMPROPER_USE,
+    finding = dataset_finding(
+        (LAKE, "raw", "v1"),
         policy_id="genai-2024",
-        policy_version="1",
         rule="private messages without explicit opt-in",
         affected_records=3,
-        affected_subjects=1,
-        detected_at=datetime.now(UTC),
     )
     message = encode_event(FINDINGS, finding, key=finding.dataset.key, source="/test/registry")
     await produce(

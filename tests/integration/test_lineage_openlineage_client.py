@@ -60,7 +60,13 @@ from contracts.events import DatasetFinding, FindingReason, FindingStatus, Sever
 from contracts.topics import FINDINGS, OPENLINEAGE
 from services.lineage.entrypoints.events_http import router as events_router
 from services.runtime.messages import encode_event
-from services.runtime.testing import ServiceProcess, collect, migrate_service, produce
+from services.runtime.testing import (
+    ServiceProcess,
+    collect,
+    dataset_finding,
+    migrate_service,
+    produce,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -434,18 +440,16 @@ def finding(
     severity: Severity = Severity.RETRAIN_REQUIRED,
     reason: FindingReason = FindingReason.LATER_WITHDRAWAL,
 ) -> DatasetFinding:
-    return DatasetFinding(
+    return dataset_finding(
+        dataset,
         finding_id=finding_id,
         status=status,
-        dataset=dataset,
         severity=severity,
         reason=reason,
         policy_id="gdpr-strict",
         policy_version="3",
         rule="content (withdrawn)",
         affected_records=12,
-        affected_subjects=1,
-        detected_at=datetime.now(UTC),
     )
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from aiokafka import ConsumerRecord
 
 from contracts.events import (
     ConsentEvent,
@@ -192,6 +193,16 @@ class Scenario:
             if row["finding"]["policy_id"] == self.policy_id
         ]
 
+    async def published_findings(self, expected: int) -> list[ConsumerRecord[bytes, bytes]]:
+        """This test's records on the findings topic (keys name its datasets)."""
+        return await collect(
+            self.bootstrap,
+            FINDINGS.name,
+            lambda r: r.key is not None and self.tag in r.key.decode(),
+            expected=expected,
+            within=30,
+        )
+
     async def until(self, probe: Callable[[], Awaitable[object]], what: str) -> None:
         deadline = time.monotonic() + 60
         while not await probe():
@@ -237,7 +248,7 @@ OPT_IN = ConsentState.GRANTED
 
 
 async def test_a_withdrawal_reaches_exactly_the_dataset_versions_holding_the_subject(
-    world: Scenario, kafka_bootstrap: str
+    world: Scenario,
 ) -> None:
     await world.publish_policy(
         world.policy("1", content_bases=(ConsentMechanism.EXPLICIT_OPT_IN,)), T0
@@ -272,13 +283,7 @@ async def test_a_withdrawal_reaches_exactly_the_dataset_versions_holding_the_sub
     assert await world.findings(subject_id=world.subject("bob")) == []
     assert len(await world.findings(severity="destroy_required", **both)) == 1
 
-    published = await collect(
-        kafka_bootstrap,
-        FINDINGS.name,
-        lambda r: r.key is not None and world.tag in r.key.decode(),
-        expected=2,
-        within=30,
-    )
+    published = await world.published_findings(2)
     assert {r.key.decode() for r in published if r.key} == {
         f"dataset:{both['namespace']}:{both['name']}#{both['version']}"
     }
@@ -312,7 +317,7 @@ async def test_a_snapshot_sealed_after_a_withdrawal_is_an_improper_use(world: Sc
 
 
 async def test_a_policy_re_reading_the_past_brings_new_findings_and_retracts_old_ones(
-    world: Scenario, kafka_bootstrap: str
+    world: Scenario,
 ) -> None:
     lenient = world.policy(
         "1", content_bases=(ConsentMechanism.OPT_OUT, ConsentMechanism.EXPLICIT_OPT_IN)
@@ -352,13 +357,7 @@ async def test_a_policy_re_reading_the_past_brings_new_findings_and_retracts_old
     as_before = await world.findings(as_of=before_rereading.isoformat())
     assert [(f["finding_id"], f["status"]) for f in as_before] == [(later["finding_id"], "active")]
 
-    published = await collect(
-        kafka_bootstrap,
-        FINDINGS.name,
-        lambda r: r.key is not None and world.tag in r.key.decode(),
-        expected=3,
-        within=30,
-    )
+    published = await world.published_findings(3)
     states = [(b["finding_id"], b["status"]) for b in (json.loads(r.value) for r in published)]
     assert states[0] == (later["finding_id"], "active")
     assert sorted(states[1:]) == sorted(
@@ -508,13 +507,7 @@ async def test_each_finding_carries_the_trace_of_the_withdrawal_that_caused_it(
     trace_of = {r["finding"]["dataset"]["name"]: r["trace_id"] for r in rows}
     assert trace_of == {datasets[s]["name"]: traces[s] for s in traces}
 
-    published = await collect(
-        kafka_bootstrap,
-        FINDINGS.name,
-        lambda r: r.key is not None and world.tag in r.key.decode(),
-        expected=2,
-        within=30,
-    )
+    published = await world.published_findings(2)
     for record in published:
         sent = dict(record.headers)
         name = json.loads(record.value)["dataset"]["name"]

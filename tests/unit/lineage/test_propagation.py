@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts.base import DatasetRef, ModelRef
+from contracts.base import ModelRef
 from contracts.events import DatasetFinding, FindingReason, FindingStatus, Severity
 from services.lineage.domain.propagation import (
     LineageEdge,
@@ -21,6 +21,7 @@ from services.lineage.domain.propagation import (
     flag_id,
     flags_for_finding,
 )
+from services.runtime.testing import dataset_finding
 
 T0 = datetime(2025, 1, 10, tzinfo=UTC)
 FINDING = UUID("2f1d0c9e-5a4b-4c3d-8e2f-1a0b9c8d7e6f")
@@ -46,19 +47,13 @@ def edge(source: Node, label: str, target: Node) -> LineageEdge:
 def finding_for(node: Node, **overrides: Any) -> DatasetFinding:
     fields: dict[str, Any] = {
         "finding_id": FINDING,
-        "status": FindingStatus.ACTIVE,
-        "dataset": DatasetRef(namespace=node.namespace, name=node.name, version=node.version),
         "severity": Severity.RETRAIN_REQUIRED,
         "reason": FindingReason.LATER_WITHDRAWAL,
         "policy_id": "ai",
-        "policy_version": "1",
         "rule": "r",
-        "affected_records": 1,
-        "affected_subjects": 1,
         "detected_at": T0,
     }
-    fields.update(overrides)
-    return DatasetFinding(**fields)
+    return dataset_finding((node.namespace, node.name, node.version), **fields | overrides)
 
 
 POSTS = ds("posts")

@@ -18,16 +18,11 @@ from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from contracts.base import DatasetRef
 from contracts.events import (
     ConsentEvent,
     ConsentEvidence,
     ConsentMechanism,
     ConsentState,
-    DatasetFinding,
-    FindingReason,
-    FindingStatus,
-    Severity,
 )
 from contracts.topics import CONSENT_EVENTS, FINDINGS, POLICIES
 from services.runtime import backoff
@@ -37,6 +32,7 @@ from services.runtime.errors import ContractViolation, PermanentError, is_transi
 from services.runtime.messages import decode_event, encode_event
 from services.runtime.outbox import OutboxMessage
 from services.runtime.telemetry import extract_from_headers
+from services.runtime.testing import dataset_finding
 
 T0 = datetime(2025, 1, 10, 9, 30, tzinfo=UTC)
 
@@ -121,19 +117,7 @@ def test_event_id_can_be_chosen_and_is_random_otherwise() -> None:
 
 
 def test_encode_refuses_a_body_of_another_model() -> None:
-    finding = DatasetFinding(
-        finding_id=UUID(int=1),
-        status=FindingStatus.ACTIVE,
-        dataset=DatasetRef(namespace="s3://lake", name="posts", version="v1"),
-        severity=Severity.REVIEW,
-        reason=FindingReason.IMPROPER_USE,
-        policy_id="ai",
-        policy_version="1",
-        rule="r",
-        affected_records=0,
-        affected_subjects=0,
-        detected_at=T0,
-    )
+    finding = dataset_finding(finding_id=UUID(int=1), detected_at=T0)
     with pytest.raises(TypeError, match=r"consent\.events\.v1 carries ConsentEvent"):
         encode_event(CONSENT_EVENTS, finding, key="k", source="registry")
     with pytest.raises(TypeError, match="DatasetFinding, not ConsentEvent"):
