@@ -316,6 +316,28 @@ async def test_a_snapshot_sealed_after_a_withdrawal_is_an_improper_use(world: Sc
     assert finding["sample_record_ids"] == [f"after-ann-{i}" for i in range(3)]
 
 
+async def test_only_a_grant_effective_by_the_time_of_use_changes_an_improper_use(
+    world: Scenario,
+) -> None:
+    """A grant effective after every time of use is projected and judges nothing (the
+    registry skips it); one recorded as late but effective before the use makes the use
+    eligible then, and the improper use is retracted."""
+    await world.publish_policy(
+        world.policy("1", content_bases=(ConsentMechanism.EXPLICIT_OPT_IN,)), T0
+    )
+    await world.register("unconsented", {"ann": ["user.content.public"] * 2})
+    improper = {("unconsented", "improper_use", "destroy_required", "active", 2)}
+    assert summary(await world.findings()) == improper
+
+    await world.send_consent(world.consent("ann", OPT_IN))  # effective now: after the use
+    assert summary(await world.findings()) == improper
+
+    await world.send_consent(world.consent("ann", OPT_IN, effective_at=T0 + timedelta(days=2)))
+    assert summary(await world.findings()) == {
+        ("unconsented", "improper_use", "destroy_required", "retracted", 2)
+    }
+
+
 async def test_a_policy_re_reading_the_past_brings_new_findings_and_retracts_old_ones(
     world: Scenario,
 ) -> None:

@@ -70,6 +70,14 @@ class FindingStore:
 
     # --- locks ---------------------------------------------------------------------
 
+    async def latest_use(self) -> datetime | None:
+        """The latest time of use of any sealed version (None when none is): the last
+        entry of a partial index (``registry_0005``)."""
+        latest: datetime | None = await self._conn.fetchval(
+            "SELECT max(used_at) FROM dataset_versions WHERE sealed_at IS NOT NULL"
+        )
+        return latest
+
     async def enter_gate(self) -> None:
         await self._conn.execute("SELECT pg_advisory_xact_lock_shared($1)", _GATE_LOCK)
 

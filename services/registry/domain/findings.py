@@ -69,6 +69,7 @@ __all__ = [
     "SubjectUse",
     "aggregate",
     "finding_body",
+    "grant_changes_nothing",
     "judge",
 ]
 
@@ -231,6 +232,17 @@ class PolicyBook:
             if self.speaks_to(policy_id, use.purpose)
         )
         return [r for r in readings if r is not None]
+
+
+def grant_changes_nothing(event: ConsentEvent, latest_use: datetime | None) -> bool:
+    """Whether ``judge`` would say the same of every sealed use with ``event`` in its
+    subject's history as without it: a grant effective after the latest time of use of
+    any sealed version (``latest_use``; None when none is sealed). Eligibility is read at
+    the time of use, and afterwards only a withdrawal reaches a use (tested against
+    ``judge``). A version sealed later is judged whole, with every event, at its seal."""
+    return event.state is ConsentState.GRANTED and (
+        latest_use is None or event.effective_at > latest_use
+    )
 
 
 def judge(

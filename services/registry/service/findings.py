@@ -27,7 +27,12 @@ from services.registry.adapters.findings import (
     StoredContribution,
 )
 from services.registry.adapters.repository import RegistryRepository
-from services.registry.domain.findings import Contribution, PolicyBook, judge
+from services.registry.domain.findings import (
+    Contribution,
+    PolicyBook,
+    grant_changes_nothing,
+    judge,
+)
 from services.runtime.consumer import continue_trace
 from services.runtime.db import Connection
 from services.runtime.messages import Event
@@ -76,8 +81,14 @@ async def reevaluate_subjects(
     uow: UnitOfWork,
     subject_ids: Sequence[str],
     causes: Mapping[str, Event[ConsentEvent]] | None = None,
+    new_events: Mapping[str, Sequence[ConsentEvent]] | None = None,
 ) -> int:
     """Re-judge every use of these subjects; returns how many findings changed.
+
+    ``new_events``: what brought each subject here. A subject whose new events are all
+    grants effective after the latest time of use of any sealed version is not re-judged:
+    no judgement can change (``grant_changes_nothing``). Most grants arrive so, and then
+    cost no membership lookup at all.
 
     ``causes``: the consent event of each subject that brought this about (the last of a
     batch). A finding changed is stored and published in the trace of the latest of them
@@ -93,6 +104,19 @@ async def reevaluate_subjects(
     store = FindingStore(conn)
     await store.enter_gate()
     subjects = sorted(set(subject_ids))
+    if new_events:
+        # Read inside the gate: a version sealed after this read is evaluated whole once
+        # this transaction has committed (``evaluate_next_version``), with these events.
+        latest = await store.latest_use()
+        subjects = [
+            s
+            for s in subjects
+            if not (
+                s in new_events and all(grant_changes_nothing(e, latest) for e in new_events[s])
+            )
+        ]
+        if not subjects:
+            return 0
     uses = await store.uses_of_subjects(subjects)
     versions = {u.dataset_version_id for u in uses}
     await store.share_versions(versions)

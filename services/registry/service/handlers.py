@@ -28,7 +28,8 @@ async def on_policy_change(event: Event[PolicyChange], uow: UnitOfWork) -> None:
 async def on_consent_event(event: Event[ConsentEvent], uow: UnitOfWork) -> None:
     """Record the change and re-judge every use of the subject's records."""
     if await RegistryRepository(uow.connection).save_consent(event.body):
-        await reevaluate_subjects(uow, [event.body.subject_id])
+        subject = event.body.subject_id
+        await reevaluate_subjects(uow, [subject], new_events={subject: [event.body]})
 
 
 async def on_consent_events(events: Sequence[Event[ConsentEvent]], uow: UnitOfWork) -> None:
@@ -37,8 +38,10 @@ async def on_consent_events(events: Sequence[Event[ConsentEvent]], uow: UnitOfWo
     new = await RegistryRepository(uow.connection).save_consents([e.body for e in events])
     fresh = {e.consent_event_id for e in new}
     causes: dict[str, Event[ConsentEvent]] = {}
+    new_events: dict[str, list[ConsentEvent]] = {}
     for event in events:  # in batch order: a subject's last event wins, and counts as latest
         if event.body.consent_event_id in fresh:
             causes.pop(event.body.subject_id, None)
             causes[event.body.subject_id] = event
-    await reevaluate_subjects(uow, list(causes), causes)
+            new_events.setdefault(event.body.subject_id, []).append(event.body)
+    await reevaluate_subjects(uow, list(causes), causes, new_events)

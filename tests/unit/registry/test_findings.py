@@ -26,6 +26,7 @@ from contracts.events import (
     Severity,
 )
 from contracts.policy import (
+    DefaultConsent,
     LawfulBasis,
     PolicyDocument,
     PolicyRule,
@@ -41,6 +42,7 @@ from services.registry.domain.findings import (
     PolicyBook,
     SubjectUse,
     aggregate,
+    grant_changes_nothing,
     judge,
 )
 
@@ -575,3 +577,96 @@ def test_shared_verdicts_say_what_the_engine_says_of_each_use(
             known.append(recorded[c.events[0]])
             assert c.cause.cause_event_ids == c.events
         assert c.cause.detected_at == max(known)
+
+
+LENIENT = policy(
+    rule("lenient-user", ("user",)).model_copy(
+        update={
+            "lawful_bases": (
+                LawfulBasis(mechanism=ConsentMechanism.EXPLICIT_OPT_IN),
+                LawfulBasis(mechanism=ConsentMechanism.OPT_OUT, valid_until=WITHDRAWN),
+            ),
+            "default": DefaultConsent(valid_until=WITHDRAWN),
+        }
+    ),
+    rule("lenient-content", ("user.content",), WithdrawalRequires.DESTROY),
+    policy_id="lenient",
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    spec=uses_strategy,
+    history=st.lists(
+        st.tuples(
+            st.sampled_from(SUBJECTS),
+            st.sampled_from([ConsentState.GRANTED, ConsentState.WITHDRAWN]),
+            st.sampled_from([*MECHANISMS, ConsentMechanism.DEFAULT_SETTING]),
+            st.sampled_from(["user", "user.content", "user.content.private", "user.contact"]),
+            st.sampled_from([-400, -1, 0, 1, 100, 200, 400]),
+        ),
+        max_size=6,
+    ),
+    grant=st.tuples(
+        st.sampled_from(SUBJECTS),
+        st.sampled_from([*MECHANISMS, ConsentMechanism.DEFAULT_SETTING]),
+        st.sampled_from(["user", "user.content", "user.content.private"]),
+        st.sampled_from(["ai.training", "ai.training.generative", "analytics"]),
+        st.integers(1, 10_000),
+    ),
+)
+def test_a_grant_effective_after_every_use_changes_no_judgement(
+    spec: list[tuple[int, str, str, int]],
+    history: list[tuple[str, ConsentState, ConsentMechanism, str, int]],
+    grant: tuple[str, ConsentMechanism, str, str, int],
+) -> None:
+    """What lets a consent batch skip subjects whose new events are all such grants
+    (``grant_changes_nothing``): eligibility is read at the time of use, and only a
+    withdrawal reaches a use afterwards. Whatever came before, re-grants after a
+    withdrawal included, under policies with default consents and time-bound bases."""
+    uses = []
+    for n, (ds, category, subject, count) in enumerate(spec):
+        ref, purpose, used_at = DATASETS[ds]
+        ids = tuple(f"u{n}-{i}" for i in range(count))
+        uses.append(used(ref, category, *ids, subject=subject, purpose=purpose, used_at=used_at))
+    histories: dict[str, list[ConsentEvent]] = {}
+    for subject, state, mechanism, category, days in history:
+        histories.setdefault(subject, []).append(
+            consent_event(
+                consent_event_id=uuid4(),
+                subject_id=subject,
+                state=state,
+                mechanism=mechanism,
+                data_categories=(category,),
+                effective_at=USED + timedelta(days=days),
+                recorded_at=USED + timedelta(days=days, seconds=1),
+            )
+        )
+    subject, mechanism, category, purpose, minutes = grant
+    latest_use = max((u.used_at for u in uses), default=None)
+    at = (latest_use or USED) + timedelta(minutes=minutes)
+    event = consent_event(
+        consent_event_id=uuid4(),
+        subject_id=subject,
+        state=ConsentState.GRANTED,
+        mechanism=mechanism,
+        purpose=purpose,
+        data_categories=(category,),
+        effective_at=at,
+        recorded_at=at,
+    )
+    assert grant_changes_nothing(event, latest_use)
+    book = PolicyBook([(STANDARD, T0), (LENIENT, T0)])
+    after = {**histories, subject: [*histories.get(subject, []), event]}
+    assert judge(uses, after, book) == judge(uses, histories, book)
+
+
+def test_only_a_grant_after_every_use_is_known_to_change_nothing() -> None:
+    latest_use = USED + timedelta(days=30)
+    grant = consent_event(state=ConsentState.GRANTED, effective_at=latest_use)
+    assert not grant_changes_nothing(grant, latest_use)  # at the time of use: it decides
+    later = grant.model_copy(update={"effective_at": latest_use + timedelta(seconds=1)})
+    assert grant_changes_nothing(later, latest_use)
+    assert grant_changes_nothing(later, None)  # nothing sealed yet
+    withdrawal = later.model_copy(update={"state": ConsentState.WITHDRAWN})
+    assert not grant_changes_nothing(withdrawal, latest_use)
