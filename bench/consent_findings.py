@@ -26,6 +26,10 @@ helpers it reuses). Then:
 5. **Phase B, withdrawals**, K runs: M opt-outs effective now, each for a subject granted
    in phase A: each makes ``later_withdrawal`` findings in every version. Timed until
    committed (events/s) and until the outbox has published every finding.
+   **Phase C, grants now**, K runs: N opt-ins effective now (after every use), half for
+   subjects with memberships (some of them withdrawn in phase B): the common case of a
+   live system, which the registry projects without re-judging anything
+   (``grant_changes_nothing``); timed like phase A.
 6. **Where the time goes**: the registry's consumer path for one batch of 500 (decode, inbox,
    ``on_consent_events``, outbox) run in this process on the same database, in a transaction
    that is rolled back: time per SQL statement, Python CPU, and a cProfile of the same; and
@@ -1099,7 +1103,7 @@ async def measure(bench: Bench, args: argparse.Namespace, log: Callable[[str], N
             ctx, "warm-up", 0, [consent_event(s, True, GRANTED_AT) for s in subjects.grants(1000)]
         )
 
-        runs: dict[str, list[Row]] = {"grants": [], "withdrawals": []}
+        runs: dict[str, list[Row]] = {"grants": [], "withdrawals": [], "grants now": []}
         for number in range(1, args.runs + 1):
             log(f"phase A, grants, run {number}/{args.runs}: {args.grants:,} events …")
             events = [consent_event(s, True, GRANTED_AT) for s in subjects.grants(args.grants)]
@@ -1115,6 +1119,11 @@ async def measure(bench: Bench, args: argparse.Namespace, log: Callable[[str], N
             now = datetime.now(UTC)
             events = [consent_event(s, False, now) for s in chosen]
             runs["withdrawals"].append(await timed_run(ctx, "withdrawals", number, events))
+        for number in range(1, args.runs + 1):
+            log(f"phase C, grants now, run {number}/{args.runs}: {args.grants:,} events …")
+            now = datetime.now(UTC)
+            events = [consent_event(s, True, now) for s in subjects.sample(args.grants)]
+            runs["grants now"].append(await timed_run(ctx, "grants now", number, events))
 
         log("where the time goes: the consumer path in this process …")
         profile = (

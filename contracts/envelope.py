@@ -87,7 +87,8 @@ class Envelope(Contract):
             raise EnvelopeError(
                 "missing CloudEvents headers: " + ", ".join(f"ce_{a}" for a in missing)
             )
-        known = {k: v for k, v in found.items() if k in cls.model_fields}
+        fields = cls.model_fields  # a computed property: read once, not per header
+        known = {k: v for k, v in found.items() if k in fields}
         try:
             return cls.model_validate(known)
         except ValidationError as exc:
