@@ -420,6 +420,18 @@ uses_strategy = st.lists(
     max_size=12,
     unique_by=lambda t: (t[0], t[1], t[2]),
 )
+
+
+def uses_of(spec: list[tuple[int, str, str, int]]) -> list[SubjectUse]:
+    """The uses ``uses_strategy`` describes: (dataset, category, subject, records)."""
+    uses = []
+    for n, (ds, category, subject, count) in enumerate(spec):
+        ref, purpose, used_at = DATASETS[ds]
+        ids = tuple(f"u{n}-{i}" for i in range(count))
+        uses.append(used(ref, category, *ids, subject=subject, purpose=purpose, used_at=used_at))
+    return uses
+
+
 events_strategy = st.lists(
     st.tuples(
         st.sampled_from(SUBJECTS),
@@ -438,11 +450,7 @@ def test_findings_are_a_function_of_the_facts_and_count_every_judged_record(
     history: list[tuple[str, ConsentState, str, int]],
     seed: int,
 ) -> None:
-    uses = []
-    for n, (ds, category, subject, count) in enumerate(spec):
-        ref, purpose, used_at = DATASETS[ds]
-        ids = tuple(f"u{n}-{i}" for i in range(count))
-        uses.append(used(ref, category, *ids, subject=subject, purpose=purpose, used_at=used_at))
+    uses = uses_of(spec)
     events = [
         consent_event(
             consent_event_id=uuid4(),
@@ -547,11 +555,7 @@ def test_shared_verdicts_say_what_the_engine_says_of_each_use(
     """``judge`` asks the engine once per history shape; the events, their order (ties in
     effective time broken by recording time, then id) and the side of the time of use
     must decide exactly as asking per use does."""
-    uses = []
-    for n, (ds, category, subject, count) in enumerate(spec):
-        ref, purpose, used_at = DATASETS[ds]
-        ids = tuple(f"u{n}-{i}" for i in range(count))
-        uses.append(used(ref, category, *ids, subject=subject, purpose=purpose, used_at=used_at))
+    uses = uses_of(spec)
     histories: dict[str, list[ConsentEvent]] = {}
     for subject, state, mechanism, category, days, seconds in history:
         at = USED + timedelta(days=days)
@@ -624,11 +628,7 @@ def test_a_grant_effective_after_every_use_changes_no_judgement(
     (``grant_changes_nothing``): eligibility is read at the time of use, and only a
     withdrawal reaches a use afterwards. Whatever came before, re-grants after a
     withdrawal included, under policies with default consents and time-bound bases."""
-    uses = []
-    for n, (ds, category, subject, count) in enumerate(spec):
-        ref, purpose, used_at = DATASETS[ds]
-        ids = tuple(f"u{n}-{i}" for i in range(count))
-        uses.append(used(ref, category, *ids, subject=subject, purpose=purpose, used_at=used_at))
+    uses = uses_of(spec)
     histories: dict[str, list[ConsentEvent]] = {}
     for subject, state, mechanism, category, days in history:
         histories.setdefault(subject, []).append(
