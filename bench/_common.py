@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import platform
 import shutil
 import signal
 import statistics
@@ -49,6 +50,25 @@ def utc_stamp() -> str:
 
 def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def run_meta() -> Row:
+    """What every result's ``meta`` starts with: when, on how many CPUs, which Python, and
+    the machine's load before the run (``load_after`` is added at the end)."""
+    return {
+        "started_at": utc_stamp(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_before": load_average(),
+    }
+
+
+async def server_version(dsn: str) -> str:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()
 
 
 def write_result(script: str, result: Row, meta: Row) -> Path:

@@ -52,7 +52,6 @@ import asyncio
 import contextlib
 import cProfile
 import os
-import platform
 import pstats
 import random
 import re
@@ -71,10 +70,12 @@ from typing import Any
 import asyncpg
 from _common import (
     bench_run,
+    load_average,
     machine_busy_s,
     median_of,
     postgres_server_url,
     process_cpu_s,
+    run_meta,
     write_result,
 )
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -1374,13 +1375,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     work_dir = Path(tempfile.mkdtemp(prefix=f"ct-bench-findings-{tag}-"))
     bench = Bench(tag, work_dir, postgres_server_url())
     meta: Row = {
-        "started_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **run_meta(),
         "grants": args.grants,
         "withdrawals": args.withdrawals,
         "runs": args.runs,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "postgres": bench.server_url.rsplit("@", 1)[-1],
         "service_env": dict(args.service_env),
     }
@@ -1397,7 +1395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta["broker"] = f"Tansu {bench.bootstrap} (embedded)" if bench.broker else bench.bootstrap
         result = asyncio.run(measure(bench, args, log))
         meta["postgres_settings"] = asyncio.run(_server_settings(bench.url("scratch")))
-        meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        meta["load_after"] = load_average()
         print(report(result, meta))
         print(f"\nJSON: {write_result('consent_findings', result, meta).relative_to(REPO_ROOT)}")
         run.failed = False

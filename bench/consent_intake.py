@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -41,10 +40,12 @@ import httpx
 from _common import (
     bench_run,
     drop_and_stop,
+    load_average,
     median_of,
     postgres_limits,
     postgres_server_url,
     process_cpu_s,
+    run_meta,
     summary_ms,
     write_result,
 )
@@ -332,17 +333,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     work_dir = Path(tempfile.mkdtemp(prefix=f"ct-bench-intake-{tag}-"))
     bench = Bench(tag, work_dir, postgres_server_url())
     meta: Row = {
-        "started_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **run_meta(),
         "runs": args.runs,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "postgres": bench.server_url.rsplit("@", 1)[-1],
     }
     with bench_run(bench.stop, work_dir, keep_logs=args.keep_logs) as run:
         result = asyncio.run(measure(bench, args, log))
         meta["broker"] = f"Tansu {bench.bootstrap} (embedded)" if bench.broker else bench.bootstrap
-        meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        meta["load_after"] = load_average()
         print(report(result, meta))
         print(f"\nJSON: {write_result('consent_intake', result, meta).relative_to(REPO_ROOT)}")
         run.failed = False

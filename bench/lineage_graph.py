@@ -49,7 +49,6 @@ import contextlib
 import gc
 import hashlib
 import os
-import platform
 import random
 import statistics
 import sys
@@ -69,8 +68,11 @@ import httpx
 from _common import (
     bench_run,
     drop_and_stop,
+    load_average,
     postgres_server_url,
     quantile,
+    run_meta,
+    server_version,
     write_result,
 )
 
@@ -1063,29 +1065,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     work_dir = Path(tempfile.mkdtemp(prefix=f"ct-bench-lineage-{tag}-"))
     bench = Bench(tag, work_dir, postgres_server_url())
     meta: Row = {
-        "started_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        **run_meta(),
         "runs": args.runs,
         "args": vars(args),
     }
     with bench_run(bench.stop, work_dir, keep_logs=args.keep_logs) as run:
         result = asyncio.run(measure(bench, args, log))
-        meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-        meta["postgres_version"] = asyncio.run(_server_version(bench.url()))
+        meta["load_after"] = load_average()
+        meta["postgres_version"] = asyncio.run(server_version(bench.url()))
         print(report(result, meta))
         print(f"\nJSON: {write_result('lineage_graph', result, meta).relative_to(REPO_ROOT)}")
         run.failed = False
     return 1 if run.failed else 0
-
-
-async def _server_version(dsn: str) -> str:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return str(await conn.fetchval("SHOW server_version"))
-    finally:
-        await conn.close()
 
 
 if __name__ == "__main__":

@@ -34,8 +34,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -52,7 +50,10 @@ import httpx
 from _common import (
     CpuMeter,
     bench_run,
+    load_average,
     postgres_server_url,
+    run_meta,
+    server_version,
     write_result,
 )
 from snapshot_registration import Bench, peak_rss_mb, rss_mb
@@ -451,28 +452,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     work_dir = Path(tempfile.mkdtemp(prefix=f"ct-bench-preflight-{tag}-"))
     bench = Bench(tag, work_dir, postgres_server_url())
     meta: Row = {
-        "started_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        **run_meta(),
     }
     with bench_run(bench.stop, work_dir, keep_logs=args.keep_logs) as run:
         result = asyncio.run(measure(bench, args, log))
         meta["broker"] = f"Tansu {bench.bootstrap} (embedded)" if bench.broker else bench.bootstrap
-        meta["postgres_version"] = asyncio.run(_server_version(bench.url("scratch")))
-        meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        meta["postgres_version"] = asyncio.run(server_version(bench.url("scratch")))
+        meta["load_after"] = load_average()
         print(report(result, meta))
         print(f"\nJSON: {write_result('preflight_filter', result, meta).relative_to(REPO_ROOT)}")
         run.failed = False
     return 1 if run.failed else 0
-
-
-async def _server_version(dsn: str) -> str:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return str(await conn.fetchval("SHOW server_version"))
-    finally:
-        await conn.close()
 
 
 if __name__ == "__main__":

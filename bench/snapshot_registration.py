@@ -42,7 +42,6 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -60,7 +59,10 @@ from _common import (
     CpuMeter,
     bench_run,
     drop_and_stop,
+    load_average,
     postgres_server_url,
+    run_meta,
+    server_version,
     summary_ms,
     write_result,
 )
@@ -722,31 +724,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     work_dir = Path(tempfile.mkdtemp(prefix=f"ct-bench-snapshots-{tag}-"))
     bench = Bench(tag, work_dir, postgres_server_url())
     meta: Row = {
-        "started_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        **run_meta(),
         "postgres": bench.server_url.rsplit("@", 1)[-1],
     }
     with bench_run(bench.stop, work_dir, keep_logs=args.keep_logs) as run:
         result = asyncio.run(measure(bench, args, log))
         meta["broker"] = f"Tansu {bench.bootstrap} (embedded)" if bench.broker else bench.bootstrap
-        meta["postgres_version"] = asyncio.run(_server_version(bench.url("scratch")))
-        meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        meta["postgres_version"] = asyncio.run(server_version(bench.url("scratch")))
+        meta["load_after"] = load_average()
         print(report(result, meta))
         print(
             f"\nJSON: {write_result('snapshot_registration', result, meta).relative_to(REPO_ROOT)}"
         )
         run.failed = False
     return 1 if run.failed else 0
-
-
-async def _server_version(dsn: str) -> str:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return str(await conn.fetchval("SHOW server_version"))
-    finally:
-        await conn.close()
 
 
 if __name__ == "__main__":

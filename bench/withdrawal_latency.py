@@ -23,8 +23,6 @@ import argparse
 import asyncio
 import hashlib
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -46,10 +44,12 @@ from _common import (
     Row,
     bench_run,
     kafka_limits,
+    load_average,
     median_of,
     peak_rss_mib,
     postgres_limits,
     postgres_server_url,
+    run_meta,
     summary_ms,
 )
 
@@ -620,15 +620,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     service_env = dict(item.split("=", 1) for item in args.service_env)
     bench = Bench(tag, work_dir, postgres_server_url(), service_env=service_env)
     meta: Row = {
-        "started_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **run_meta(),
         "withdrawals": args.withdrawals,
         "rate": args.rate,
         "runs": args.runs,
         "concurrency": args.concurrency,
         "warmup": args.warmup,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "postgres": bench.server_url.rsplit("@", 1)[-1],
         "service_env": service_env,
     }
@@ -637,7 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench.start_infrastructure()
         meta["broker"] = f"Tansu {bench.bootstrap} (embedded)" if bench.broker else bench.bootstrap
         result = asyncio.run(measure(bench, args, log))
-        meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        meta["load_after"] = load_average()
         print(report(result, meta))
         print(f"\nJSON: {write_json(result, meta).relative_to(REPO_ROOT)}")
         run.failed = False
