@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +35,7 @@ __all__ = [
     "PostgresProxy",
     "ServiceProcess",
     "StartService",
+    "StartStack",
     "collect",
     "dataset_finding",
     "header",
@@ -200,6 +201,15 @@ class StartService(Protocol):
     """The ``start_service`` fixture: a service process on a fresh migrated database."""
 
     def __call__(self, name: str, *, via: PostgresProxy | None = None) -> ServiceProcess: ...
+
+
+class StartStack(Protocol):
+    """The ``start_stack`` fixture: ``running_stack`` of these services on the session's
+    broker and Postgres (``label`` names their databases)."""
+
+    def __call__(
+        self, names: Iterable[str], label: str, extra_env: Mapping[str, str] | None = None
+    ) -> AbstractContextManager[dict[str, ServiceProcess]]: ...
 
 
 class PostgresProxy:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,36 @@ from services.runtime.testing import (
     PostgresProxy,
     ServiceProcess,
     StartService,
+    StartStack,
     migrate_service,
+    running_stack,
 )
+
+
+@pytest.fixture(scope="session")
+def start_stack(
+    make_database: Callable[[str], str],
+    kafka_bootstrap: str,
+    kafka_idempotence: bool,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> StartStack:
+    """Factory: ``running_stack`` of these services on the session's broker and Postgres,
+    logs in a directory of their own; ``label`` names their databases."""
+
+    def start(
+        names: Iterable[str], label: str, extra_env: Mapping[str, str] | None = None
+    ) -> AbstractContextManager[dict[str, ServiceProcess]]:
+        return running_stack(
+            names,
+            make_database,
+            kafka_bootstrap,
+            Path(tmp_path_factory.mktemp(label)),
+            idempotence=kafka_idempotence,
+            label=label,
+            extra_env=extra_env,
+        )
+
+    return start
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +34,7 @@ from openlineage.client.transport.http import ApiKeyTokenProvider, HttpConfig, H
 from starlette.convertors import IntegerConvertor, PathConvertor
 
 from services.runtime.auth import Role, Rule
-from services.runtime.testing import DevKeys, ServiceProcess, role_keys, running_stack
+from services.runtime.testing import DevKeys, ServiceProcess, StartStack, role_keys
 
 pytestmark = pytest.mark.integration
 
@@ -61,23 +61,9 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(
-    make_database: Callable[[str], str],
-    kafka_bootstrap: str,
-    kafka_idempotence: bool,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Stack]:
-    log_dir = Path(tmp_path_factory.mktemp("access-matrix"))
-    keys, auth_env = role_keys(log_dir / "keys")
-    with running_stack(
-        SERVICES,
-        make_database,
-        kafka_bootstrap,
-        log_dir,
-        idempotence=kafka_idempotence,
-        label="access",
-        extra_env=auth_env,
-    ) as services:
+def stack(start_stack: StartStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    keys, auth_env = role_keys(Path(tmp_path_factory.mktemp("access-matrix-keys")))
+    with start_stack(SERVICES, "access", auth_env) as services:
         yield Stack(keys, services)
 
 

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import pytest
 from services.runtime import embedded
 from services.runtime.auth import DEV_PRINCIPALS, Role
 from services.runtime.ctl.app import main
-from services.runtime.testing import DevKeys, ServiceProcess, role_keys, running_stack
+from services.runtime.testing import DevKeys, ServiceProcess, StartStack, role_keys
 
 pytestmark = pytest.mark.integration
 
@@ -41,23 +41,9 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(
-    make_database: Callable[[str], str],
-    kafka_bootstrap: str,
-    kafka_idempotence: bool,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Stack]:
-    log_dir = Path(tmp_path_factory.mktemp("ctl"))
-    keys, auth_env = role_keys(log_dir / "keys")
-    with running_stack(
-        SERVICES,
-        make_database,
-        kafka_bootstrap,
-        log_dir,
-        idempotence=kafka_idempotence,
-        label="ctl",
-        extra_env=auth_env,
-    ) as services:
+def stack(start_stack: StartStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    keys, auth_env = role_keys(Path(tmp_path_factory.mktemp("ctl-keys")))
+    with start_stack(SERVICES, "ctl", auth_env) as services:
         yield Stack(keys, services)
 
 

@@ -37,7 +37,7 @@ from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from services.runtime.guards import DEFAULT_MAX_BODY_BYTES
-from services.runtime.testing import ServiceProcess, role_keys, running_stack
+from services.runtime.testing import ServiceProcess, StartStack, role_keys
 
 pytestmark = pytest.mark.integration
 
@@ -57,21 +57,8 @@ def _ndjson(ctx: schemathesis.SerializationContext, value: Any) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def stack(
-    make_database: Callable[[str], str],
-    kafka_bootstrap: str,
-    kafka_idempotence: bool,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[dict[str, ServiceProcess]]:
-    log_dir = Path(tmp_path_factory.mktemp("hostile-http"))
-    with running_stack(
-        SERVICES,
-        make_database,
-        kafka_bootstrap,
-        log_dir,
-        idempotence=kafka_idempotence,
-        label="hostile_http",
-    ) as services:
+def stack(start_stack: StartStack) -> Iterator[dict[str, ServiceProcess]]:
+    with start_stack(SERVICES, "hostile_http") as services:
         yield services
 
 
@@ -454,13 +441,9 @@ async def test_injection_strings_in_path_and_query_are_just_strings(
 
 
 async def test_garbage_api_keys_get_401_never_a_server_error(
-    make_database: Callable[[str], str],
-    kafka_bootstrap: str,
-    kafka_idempotence: bool,
-    tmp_path_factory: pytest.TempPathFactory,
+    start_stack: StartStack, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    log_dir = Path(tmp_path_factory.mktemp("hostile-auth"))
-    _, auth_env = role_keys(log_dir / "keys")
+    _, auth_env = role_keys(Path(tmp_path_factory.mktemp("hostile-auth-keys")))
     garbage: list[dict[str, str] | list[tuple[bytes, bytes]]] = [
         {},
         {"Authorization": "Bearer"},
@@ -470,15 +453,8 @@ async def test_garbage_api_keys_get_401_never_a_server_error(
         {"X-API-Key": ""},
         [(b"x-api-key", "ct_\u00e9\u00e8".encode("latin-1"))],
     ]
-    with running_stack(  # the check is the runtime's, the same in every service
-        ("consent",),
-        make_database,
-        kafka_bootstrap,
-        log_dir,
-        idempotence=kafka_idempotence,
-        label="hostile_auth",
-        extra_env=auth_env,
-    ) as services:
+    # The check is the runtime's, the same in every service.
+    with start_stack(("consent",), "hostile_auth", auth_env) as services:
         for service, path in (
             ("consent", "/api/v1/policies"),
             ("consent", "/api/v1/consent-events"),

@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -56,11 +55,11 @@ from contracts.topics import (
 from services.runtime.messages import encode_event
 from services.runtime.testing import (
     ServiceProcess,
+    StartStack,
     collect,
     dataset_finding,
     header,
     produce,
-    running_stack,
 )
 
 pytestmark = pytest.mark.integration
@@ -81,21 +80,9 @@ def consumers() -> dict[str, tuple[str, ...]]:
 
 
 @pytest.fixture(scope="module")
-def stack(
-    make_database: Callable[[str], str],
-    kafka_bootstrap: str,
-    kafka_idempotence: bool,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[dict[str, ServiceProcess]]:
+def stack(start_stack: StartStack) -> Iterator[dict[str, ServiceProcess]]:
     readers = sorted({s for names in consumers().values() for s in names})
-    with running_stack(
-        readers,
-        make_database,
-        kafka_bootstrap,
-        Path(tmp_path_factory.mktemp("hostile-kafka")),
-        idempotence=kafka_idempotence,
-        label="hostile_kafka",
-    ) as services:
+    with start_stack(readers, "hostile_kafka") as services:
         yield services
 
 
