@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from contracts.events import ConsentEvent, DatasetFinding, PolicyChange
+from contracts.events import ConsentEvent, ConsentState, DatasetFinding, PolicyChange
 from contracts.topics import FINDINGS
 from services.registry.adapters.findings import (
     EVALUATION_CHANNEL,
@@ -104,17 +104,23 @@ async def reevaluate_subjects(
     store = FindingStore(conn)
     await store.enter_gate()
     subjects = sorted(set(subject_ids))
-    if new_events:
+    # Subjects whose new events are all grants: perhaps nothing to judge (asked only then).
+    granting = {
+        s: events
+        for s in subjects
+        if (events := (new_events or {}).get(s))
+        and all(e.state is ConsentState.GRANTED for e in events)
+    }
+    if granting:
         # Read inside the gate: a version sealed after this read is evaluated whole once
         # this transaction has committed (``evaluate_next_version``), with these events.
         latest = await store.latest_use()
-        subjects = [
+        idle = {
             s
-            for s in subjects
-            if not (
-                s in new_events and all(grant_changes_nothing(e, latest) for e in new_events[s])
-            )
-        ]
+            for s, events in granting.items()
+            if all(grant_changes_nothing(e, latest) for e in events)
+        }
+        subjects = [s for s in subjects if s not in idle]
         if not subjects:
             return 0
     uses = await store.uses_of_subjects(subjects)
