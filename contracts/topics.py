@@ -16,6 +16,7 @@ from contracts.events import (
     TaskResult,
 )
 from contracts.openlineage import RunEvent
+from contracts.registration import PARTITIONS as REGISTRATION_PARTITIONS
 from contracts.registration import TYPE_PREFIX, RegistrationMessage
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "CASES",
     "CONSENT_EVENTS",
     "DELETION_TASKS",
+    "DLQ_PARTITIONS",
     "FINDINGS",
     "INTAKE_TOPICS",
     "MODEL_FLAGS",
@@ -31,6 +33,7 @@ __all__ = [
     "REGISTRATIONS",
     "TASK_RESULTS",
     "TOPICS",
+    "TOPIC_PARTITIONS",
     "Topic",
     "dlq_of",
 ]
@@ -48,6 +51,10 @@ class Topic:
     """CloudEvents ``type`` of every event on the topic; for a topic carrying a family of
     messages (``REGISTRATIONS``), their common prefix (each kind is ``<event_type>.<kind>``)."""
     model: type[BaseModel]
+    partitions: int = 6
+    """Partitions it is created with (compose's ``kafka-init``, the Kubernetes base's
+    ``KafkaTopic``, the embedded broker): the most members of one consumer group that can
+    share it. Sized before the first event: adding partitions later moves keys."""
 
     @property
     def dlq(self) -> str:
@@ -63,8 +70,9 @@ CONSENT_EVENTS = Topic(
     "consent.events.v1", "subject_id", "io.consenttrace.consent.changed", ConsentEvent
 )
 POLICIES = Topic(
-    "consent.policies.v1", "policy_id", "io.consenttrace.policy.published", PolicyChange
+    "consent.policies.v1", "policy_id", "io.consenttrace.policy.published", PolicyChange, 1
 )
+"""One partition: a handful of policy versions, read in the order they were published."""
 FINDINGS = Topic(
     "registry.findings.v1", "dataset version key", "io.consenttrace.dataset.finding", DatasetFinding
 )
@@ -73,7 +81,7 @@ OPENLINEAGE = Topic(
 )
 """Written as the OpenLineage Kafka transport writes it: JSON body, no CloudEvents headers."""
 MODEL_FLAGS = Topic(
-    "lineage.model-flags.v1", "model version key", "io.consenttrace.model.flag", ModelFlag
+    "lineage.model-flags.v1", "model version key", "io.consenttrace.model.flag", ModelFlag, 3
 )
 DELETION_TASKS = Topic(
     "deletion.tasks.v1", "case_id", "io.consenttrace.deletion.task", DeletionTask
@@ -82,7 +90,7 @@ TASK_RESULTS = Topic(
     "deletion.task-results.v1", "case_id", "io.consenttrace.deletion.task-result", TaskResult
 )
 CASES = Topic(
-    "deletion.cases.v1", "case_id", "io.consenttrace.deletion.case-status", CaseStatusChanged
+    "deletion.cases.v1", "case_id", "io.consenttrace.deletion.case-status", CaseStatusChanged, 3
 )
 
 TOPICS: tuple[Topic, ...] = (
@@ -97,7 +105,11 @@ TOPICS: tuple[Topic, ...] = (
 )
 
 REGISTRATIONS = Topic(
-    "registry.registrations.v1", "dataset version key", TYPE_PREFIX, RegistrationMessage
+    "registry.registrations.v1",
+    "dataset version key",
+    TYPE_PREFIX,
+    RegistrationMessage,
+    REGISTRATION_PARTITIONS,
 )
 """Dataset-version registration by Kafka, read by the registry (see contracts.registration):
 ``opened`` / ``batch`` / ``sealed``, each with its own ``ce_type`` under ``TYPE_PREFIX``.
@@ -112,3 +124,12 @@ ALL_TOPICS: tuple[str, ...] = tuple(t.name for t in (*TOPICS, *INTAKE_TOPICS)) +
     t.dlq for t in (*TOPICS, *INTAKE_TOPICS)
 )
 """Every topic name the system uses (between the services and intake), dead letters included."""
+
+DLQ_PARTITIONS = 1
+"""A dead-letter topic is read by people and tools, not by a scaled consumer group."""
+
+TOPIC_PARTITIONS: dict[str, int] = {
+    **{t.name: t.partitions for t in (*TOPICS, *INTAKE_TOPICS)},
+    **{t.dlq: DLQ_PARTITIONS for t in (*TOPICS, *INTAKE_TOPICS)},
+}
+"""Each topic of ``ALL_TOPICS`` and its partitions: what every deployment creates."""

@@ -98,6 +98,13 @@ class EventConsumer:
         self._source = source
 
     def register(self, broker: KafkaBroker, subscription: Subscription) -> None:
+        """``KAFKA_CONSUMERS`` subscribers of the topic, one group (see the setting)."""
+        for member in range(self._settings.kafka_consumers):
+            self._subscribe(broker, subscription, in_schema=member == 0)
+
+    def _subscribe(
+        self, broker: KafkaBroker, subscription: Subscription, *, in_schema: bool
+    ) -> None:
         s = self._settings
 
         @broker.subscriber(
@@ -119,6 +126,7 @@ class EventConsumer:
                 f"{subscription.description} Body: contracts/schemas/"
                 f"{subscription.topic.name}.schema.json".strip()
             ),
+            include_in_schema=in_schema,
         )
         async def consume(message: KafkaMessage) -> None:
             raw = message.raw_message

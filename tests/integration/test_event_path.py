@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -22,12 +23,13 @@ from contracts.events import (
     ConsentMechanism,
     ConsentState,
 )
-from contracts.topics import CASES, CONSENT_EVENTS
+from contracts.topics import CASES, CONSENT_EVENTS, TOPIC_PARTITIONS
 from services.runtime.messages import encode_event
 from services.runtime.testing import (
     PostgresProxy,
     ServiceProcess,
     StartService,
+    StartStack,
     collect,
     header,
     produce,
@@ -173,6 +175,45 @@ async def test_bad_messages_go_to_the_dead_letter_topic_and_the_consumer_goes_on
     assert "ce_type" in (header(by_key[f"{tag}-type".encode()], "dlq_error") or "")
     assert "ce_id" in (header(by_key[f"{tag}-noheaders".encode()], "dlq_error") or "")
     assert good_body.subject_id.startswith(tag)
+
+
+async def test_consumers_of_one_process_share_the_partitions_and_double_nothing(
+    start_stack: StartStack, kafka_bootstrap: str
+) -> None:
+    """``KAFKA_CONSUMERS=2``: two members of the one group, each with its own partitions of
+    the topic (all of them between the two); every event processed once."""
+    label = f"members_{uuid.uuid4().hex[:8]}"
+    with start_stack(["deletion"], label, {"KAFKA_CONSUMERS": "2"}) as stack:
+        service = stack["deletion"]
+        tag = f"members-{uuid.uuid4().hex[:8]}"
+        count = 300
+        await produce(
+            kafka_bootstrap,
+            CONSENT_EVENTS.name,
+            [erasure(f"{tag}-{i:04}")[1] for i in range(count)],
+        )
+
+        async def all_processed() -> bool:
+            return await cases_for(service, tag) >= count
+
+        await wait_for(all_processed, 90, "every case")
+        await asyncio.sleep(1.0)  # anything doubled would show up now
+        assert await cases_for(service, tag) == count
+        history = (
+            "SELECT count(*) FROM case_history JOIN cases USING (case_id) WHERE cause_key LIKE $1"
+        )
+        assert await fetchval(service.admin_dsn, history, f"erasure:{tag}%") == count
+        # aiokafka logs each member's assignment; the last two for the group are the two
+        # members' shares of the final generation.
+        group = f".deletion.{CONSENT_EVENTS.name}"
+        shares = [
+            {int(p) for p in re.findall(r"partition=(\d+)", line)}
+            for line in service.log_path.read_text().splitlines()
+            if "Setting newly assigned partitions" in line and group in line
+        ][-2:]
+        assert len(shares) == 2 and all(shares), shares
+        assert shares[0].isdisjoint(shares[1])
+        assert shares[0] | shares[1] == set(range(TOPIC_PARTITIONS[CONSENT_EVENTS.name]))
 
 
 async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(

@@ -26,7 +26,7 @@ import jsonschema
 import pytest
 import yaml
 
-from contracts.topics import ALL_TOPICS
+from contracts.topics import ALL_TOPICS, TOPIC_PARTITIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -342,6 +342,8 @@ def test_kafka_init_creates_exactly_the_contract_topics(
     for topic in ALL_TOPICS:
         if not topic.endswith(".dlq"):
             assert f"{topic}.dlq" in created, f"{topic} has no dead-letter topic"
+    # The embedded broker creates the same (TansuBroker.start): one truth, contracts.topics.
+    assert created == TOPIC_PARTITIONS
 
 
 def test_kafka_listens_for_containers_at_kafka_9092(services: dict[str, dict[str, Any]]) -> None:

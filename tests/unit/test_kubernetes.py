@@ -40,7 +40,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from contracts.registration import PARTITIONS as REGISTRATION_PARTITIONS
 from contracts.registration import RETENTION_MS as REGISTRATION_RETENTION_MS
-from contracts.topics import ALL_TOPICS, REGISTRATIONS
+from contracts.topics import ALL_TOPICS, REGISTRATIONS, TOPIC_PARTITIONS
 from services.runtime import metrics
 from services.runtime.auth import parse_keys
 from services.runtime.host import create_app
@@ -295,6 +295,9 @@ def test_topic_retention_replicas_and_partitions(rendered: Rendered) -> None:
         else:
             assert retention == -1, f"{name}: replay from the beginning needs every event"
         assert config["cleanup.policy"] == "delete", f"{name}: events are not compacted away"
+        assert spec["partitions"] >= TOPIC_PARTITIONS[name], (
+            f"{name}: fewer partitions than contracts.topics gives it (overlays may add, not take)"
+        )
         min_insync = int(config["min.insync.replicas"])
         assert 1 <= min_insync <= spec["replicas"], name
         if rendered.overlay == "production":
