@@ -47,6 +47,7 @@ __all__ = [
     "EventHandler",
     "Subscription",
     "continue_trace",
+    "start_event_span",
 ]
 
 log = logging.getLogger(__name__)
@@ -361,6 +362,18 @@ def continue_trace(event: Event[Any]) -> AbstractContextManager[Span]:
     )
 
 
+def start_event_span(event: Event[Any]) -> Span:
+    """``continue_trace``'s span, started but not current: for a handler that stores rows
+    in the event's trace and publishes its messages later, in the same span
+    (``trace.use_span(span)``). The caller ends it."""
+    return tracer().start_span(
+        f"{event.topic} process one",
+        context=extract_from_headers(event.headers),
+        kind=SpanKind.CONSUMER,
+        attributes=_attributes(event.topic, event.partition, event.offset),
+    )
+
+
 def _span(record: ConsumerRecord[bytes, bytes]) -> AbstractContextManager[Span]:
     """A consumer span continuing the producer's trace (``traceparent`` header)."""
     return _consumer_span(
@@ -379,13 +392,17 @@ def _consumer_span(
         name,
         context=extract_from_headers(headers),
         kind=SpanKind.CONSUMER,
-        attributes={
-            "messaging.system": "kafka",
-            "messaging.destination.name": topic,
-            "messaging.kafka.destination.partition": partition,
-            "messaging.kafka.message.offset": offset,
-        },
+        attributes=_attributes(topic, partition, offset),
     )
+
+
+def _attributes(topic: str, partition: int, offset: int) -> dict[str, str | int]:
+    return {
+        "messaging.system": "kafka",
+        "messaging.destination.name": topic,
+        "messaging.kafka.destination.partition": partition,
+        "messaging.kafka.message.offset": offset,
+    }
 
 
 def _batch_span(

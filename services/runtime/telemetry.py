@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Mapping
 
@@ -39,7 +40,10 @@ def setup_tracing(service_name: str, otlp_endpoint: str | None) -> None:
     trace.set_tracer_provider(provider)
 
 
+@functools.cache
 def tracer() -> trace.Tracer:
+    """One tracer per process (asked for before ``setup_tracing``, it is a proxy that
+    follows the provider installed later)."""
     return trace.get_tracer("consenttrace")
 
 

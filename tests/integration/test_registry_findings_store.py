@@ -18,7 +18,12 @@ import pytest
 from contracts.base import DatasetRef
 from contracts.events import DatasetFinding, FindingReason, FindingStatus, Severity
 from services.registry.adapters.findings import FindingStore
-from services.registry.domain.findings import Contribution, FindingCause, aggregate
+from services.registry.domain.findings import (
+    Contribution,
+    FindingCause,
+    aggregate,
+    withdrawal_totals,
+)
 from services.runtime.testing import migrate_service
 
 pytestmark = pytest.mark.integration
@@ -91,9 +96,12 @@ async def stored_findings(conn: asyncpg.Connection) -> dict[UUID, DatasetFinding
     return {f.finding_id: f for f in bodies}
 
 
+@pytest.mark.parametrize("summed_by_caller", [False, True], ids=["sql", "withdrawal_totals"])
 async def test_stored_findings_are_the_aggregate_of_the_latest_contributions(
-    conn: asyncpg.Connection,
+    conn: asyncpg.Connection, summed_by_caller: bool
 ) -> None:
+    """``summed_by_caller``: each round hands ``refresh`` the later-withdrawal findings'
+    totals from its contributions (as a consent batch does); the rest add up in SQL."""
     rng = random.Random(20261126)
     pool = causes()
     store = FindingStore(conn)
@@ -104,7 +112,8 @@ async def test_stored_findings_are_the_aggregate_of_the_latest_contributions(
         async with conn.transaction():
             stored = await store.contributions_of_subjects(SUBJECTS)
             touched = await store.reconcile(desired, stored)
-            published.extend(f for f, _ in await store.refresh(touched))
+            known = withdrawal_totals(desired, touched) if summed_by_caller else None
+            published.extend(f for f, _ in await store.refresh(touched, totals=known))
 
         expected = aggregate(desired)
         findings = await stored_findings(conn)
@@ -123,6 +132,10 @@ async def test_stored_findings_are_the_aggregate_of_the_latest_contributions(
         assert await store.refresh(await store.reconcile(desired, stored)) == []
     states = await conn.fetchval("SELECT count(*) FROM finding_events")
     assert states == len(published)
+    # Every finding added up again in SQL: the same state, nothing to publish.
+    every = [r["finding_id"] for r in await conn.fetch("SELECT finding_id FROM findings")]
+    async with conn.transaction():
+        assert await store.refresh(every) == []
 
 
 async def test_a_versions_uses_come_in_slices_that_never_split_a_subject(

@@ -51,6 +51,25 @@ _USE_COLUMNS = """dv.dataset_version_id, dv.namespace, dv.name, dv.version, dv.p
     dv.sealed_at, dv.used_at"""
 
 
+_TOTALS = f"""
+    SELECT t.finding_id, f.status, f.body::text AS body, tot.records, tot.subjects,
+           ARRAY(SELECT DISTINCT x FROM finding_contributions c2, unnest(c2.sample) AS x
+                 WHERE c2.finding_id = t.finding_id
+                 ORDER BY x LIMIT {SAMPLE_SIZE}) AS sample,
+           ARRAY(SELECT DISTINCT e FROM finding_contributions c3, unnest(c3.events) AS e
+                 WHERE c3.finding_id = t.finding_id
+                 ORDER BY e LIMIT {EVENT_SAMPLE_SIZE}) AS events
+    FROM unnest($1::uuid[]) AS t(finding_id)
+    LEFT JOIN findings f ON f.finding_id = t.finding_id
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(c.records), 0) AS records,
+               count(DISTINCT c.subject_id) AS subjects
+        FROM finding_contributions c WHERE c.finding_id = t.finding_id
+    ) tot
+    """
+"""Each finding's stored state and its totals over its contributions (``refresh``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredContribution:
     records: int
@@ -287,60 +306,66 @@ class FindingStore:
         finding_ids: Iterable[UUID],
         trace_id: str | None = None,
         traces: Mapping[UUID, str | None] | None = None,
+        totals: Mapping[UUID, FindingTotals] | None = None,
     ) -> list[tuple[DatasetFinding, int]]:
         """Recompute the findings' totals from their contributions; store and return those
         whose published state changes, each with its history sequence number. A finding's
         stored trace is its own in ``traces``, else ``trace_id``.
+
+        ``totals``: findings whose totals the caller knows (all their contributions are in
+        its hands, see ``reevaluate_subjects``): only their stored state is read.
 
         A finding not stored yet is created here, its body built once, from the cause
         ``reconcile`` saw (one body per finding, not one per contribution)."""
         ids = sorted(set(finding_ids))
         if not ids:
             return []
-        rows = await self._conn.fetch(
-            f"""
-            SELECT t.finding_id, f.status, f.body::text AS body, tot.records, tot.subjects,
-                   ARRAY(SELECT DISTINCT x FROM finding_contributions c2,
-                                unnest(c2.sample) AS x
-                         WHERE c2.finding_id = t.finding_id
-                         ORDER BY x LIMIT {SAMPLE_SIZE}) AS sample,
-                   ARRAY(SELECT DISTINCT e FROM finding_contributions c3,
-                                unnest(c3.events) AS e
-                         WHERE c3.finding_id = t.finding_id
-                         ORDER BY e LIMIT {EVENT_SAMPLE_SIZE}) AS events
-            FROM unnest($1::uuid[]) AS t(finding_id)
-            LEFT JOIN findings f ON f.finding_id = t.finding_id
-            CROSS JOIN LATERAL (
-                SELECT coalesce(sum(c.records), 0) AS records,
-                       count(DISTINCT c.subject_id) AS subjects
-                FROM finding_contributions c WHERE c.finding_id = t.finding_id
-            ) tot
-            ORDER BY t.finding_id
-            """,
-            ids,
-        )
-        changed: list[tuple[DatasetFinding, int | None]] = []
-        for row in rows:
-            totals = FindingTotals(
-                int(row["records"]),
-                int(row["subjects"]),
-                tuple(row["sample"]),
-                tuple(UUID(int=e.int) for e in row["events"]),
+        known = {f: totals[f] for f in ids if totals and f in totals}
+        states: list[tuple[UUID, str | None, str | None, FindingTotals]] = []
+        if unknown := [f for f in ids if f not in known]:
+            states += [
+                (
+                    row["finding_id"],
+                    row["status"],
+                    row["body"],
+                    FindingTotals(
+                        int(row["records"]),
+                        int(row["subjects"]),
+                        tuple(row["sample"]),
+                        tuple(UUID(int=e.int) for e in row["events"]),
+                    ),
+                )
+                for row in await self._conn.fetch(_TOTALS, unknown)
+            ]
+        if known:
+            rows = await self._conn.fetch(
+                "SELECT finding_id, status, body::text AS body FROM findings"
+                " WHERE finding_id = ANY($1::uuid[])",
+                list(known),
             )
-            if row["status"] is None:  # not stored yet
-                cause = self._causes.get(row["finding_id"])
-                if totals.records == 0 or cause is None:
+            stored = {row["finding_id"]: row for row in rows}
+            for finding_id, finding_totals in known.items():
+                row = stored.get(finding_id)
+                status, body = (row["status"], row["body"]) if row else (None, None)
+                states.append((finding_id, status, body, finding_totals))
+        states.sort(key=lambda state: state[0])
+        changed: list[tuple[DatasetFinding, int | None]] = []
+        for finding_id, status, stored_body, finding_totals in states:
+            if status is None:  # not stored yet
+                cause = self._causes.get(finding_id)
+                if finding_totals.records == 0 or cause is None:
                     continue
-                changed.append((finding_body(cause, totals), cause.dataset_version_id))
+                changed.append((finding_body(cause, finding_totals), cause.dataset_version_id))
                 continue
-            previous = DatasetFinding.model_validate_json(row["body"])
-            if totals.records == 0:
-                if row["status"] != FindingStatus.ACTIVE.value:
+            assert stored_body is not None
+            previous = DatasetFinding.model_validate_json(stored_body)
+            if finding_totals.records == 0:
+                if status != FindingStatus.ACTIVE.value:
                     continue  # never published, or already retracted
                 body = previous.model_copy(update={"status": FindingStatus.RETRACTED})
             else:
-                body = _with_totals(previous, totals)
-                if row["status"] == body.status.value and body == previous:
+                body = _with_totals(previous, finding_totals)
+                if status == body.status.value and body == previous:
                     continue
             changed.append((body, None))
         if not changed:

@@ -71,6 +71,8 @@ __all__ = [
     "finding_body",
     "grant_changes_nothing",
     "judge",
+    "totals",
+    "withdrawal_totals",
 ]
 
 FINDING_NAMESPACE = UUID("2b0c6c1e-8a3f-4d5b-b7e4-9f0a1d2c3e4f")
@@ -395,19 +397,29 @@ def _bind(
     contributions = []
     for i, severity, rule_id, text in verdict.withdrawals:
         event = history[i]
-        cause = FindingCause(
-            dataset_version_id=use.dataset_version_id,
-            dataset=use.dataset,
-            policy_id=policy.policy_id,
-            policy_version=policy.version,
-            reason=FindingReason.LATER_WITHDRAWAL,
-            severity=severity,
-            rule_id=rule_id,
-            detail=str(event.consent_event_id),
-            rule=text,
-            detected_at=max(use.sealed_at, published_at, event.recorded_at),
-            cause_event_ids=(event.consent_event_id,),
+        withdrawal = (
+            use.dataset_version_id,
+            policy.policy_id,
+            policy.version,
+            severity,
+            rule_id,
+            event.consent_event_id,
         )
+        cause = causes.get(withdrawal)
+        if cause is None:  # one per finding, not per use: its id is a uuid5
+            cause = causes[withdrawal] = FindingCause(
+                dataset_version_id=use.dataset_version_id,
+                dataset=use.dataset,
+                policy_id=policy.policy_id,
+                policy_version=policy.version,
+                reason=FindingReason.LATER_WITHDRAWAL,
+                severity=severity,
+                rule_id=rule_id,
+                detail=str(event.consent_event_id),
+                rule=text,
+                detected_at=max(use.sealed_at, published_at, event.recorded_at),
+                cause_event_ids=(event.consent_event_id,),
+            )
         contributions.append(
             Contribution(
                 cause,
@@ -491,6 +503,21 @@ def aggregate(contributions: Iterable[Contribution]) -> dict[UUID, DatasetFindin
         causes.setdefault(c.cause.finding_id, c.cause)
         grouped[c.cause.finding_id].append(c)
     return {fid: finding_body(causes[fid], totals(grouped[fid])) for fid in sorted(grouped)}
+
+
+def withdrawal_totals(
+    contributions: Iterable[Contribution], finding_ids: Iterable[UUID]
+) -> dict[UUID, FindingTotals]:
+    """The totals of the later-withdrawal findings among ``finding_ids``, from
+    ``contributions`` alone: every contribution to such a finding is its one withdrawal's
+    subject's, so a judgement of all that subject's uses holds all of them (storage need not
+    add them up again). Other findings gather subjects, and are absent."""
+    wanted = set(finding_ids)
+    grouped: dict[UUID, list[Contribution]] = defaultdict(list)
+    for c in contributions:
+        if c.cause.reason is FindingReason.LATER_WITHDRAWAL and c.cause.finding_id in wanted:
+            grouped[c.cause.finding_id].append(c)
+    return {finding_id: totals(mine) for finding_id, mine in grouped.items()}
 
 
 def totals(contributions: Sequence[Contribution]) -> FindingTotals:

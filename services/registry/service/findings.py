@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from uuid import NAMESPACE_URL, UUID, uuid5
 
+from opentelemetry.trace import Span, use_span
+
 from contracts.events import ConsentEvent, ConsentState, DatasetFinding, PolicyChange
 from contracts.topics import FINDINGS
 from services.registry.adapters.findings import (
@@ -32,8 +34,9 @@ from services.registry.domain.findings import (
     PolicyBook,
     grant_changes_nothing,
     judge,
+    withdrawal_totals,
 )
-from services.runtime.consumer import continue_trace
+from services.runtime.consumer import start_event_span
 from services.runtime.db import Connection
 from services.runtime.messages import Event
 from services.runtime.telemetry import current_trace_id
@@ -143,20 +146,30 @@ async def reevaluate_subjects(
     touched = await store.reconcile_by_subject(desired, stored, lock=True)
     order = {subject: n for n, subject in enumerate(causes)}
     cause_of = {
-        finding_id: causes[max(mine, key=order.__getitem__)]
+        finding_id: max(mine, key=order.__getitem__)
         for finding_id, subjects in touched.items()
         if (mine := [s for s in subjects if s in order])
     }
-    traces: dict[UUID, str | None] = {}
-    for finding_id, event in cause_of.items():
-        with continue_trace(event):
-            traces[finding_id] = current_trace_id()
-    changed = await store.refresh(touched, current_trace_id(), traces)
-    for finding, seq in changed:
-        cause = cause_of.get(finding.finding_id)
-        with continue_trace(cause) if cause is not None else nullcontext():
-            _publish(uow, finding, seq)
+    # One span per causing event, not per finding: a withdrawal changes ten findings.
+    spans = {subject: start_event_span(causes[subject]) for subject in set(cause_of.values())}
+    try:
+        traces = {finding_id: _trace_id(spans[subject]) for finding_id, subject in cause_of.items()}
+        # Every use of these subjects was judged: their withdrawals' findings add up here.
+        known = withdrawal_totals(desired, touched)
+        changed = await store.refresh(touched, current_trace_id(), traces, known)
+        for finding, seq in changed:
+            subject = cause_of.get(finding.finding_id)
+            with use_span(spans[subject]) if subject is not None else nullcontext():
+                _publish(uow, finding, seq)
+    finally:
+        for span in spans.values():
+            span.end()
     return len(changed)
+
+
+def _trace_id(span: Span) -> str | None:
+    context = span.get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
 
 
 _BOOK: tuple[tuple[int, object], PolicyBook] | None = None
