@@ -49,6 +49,14 @@ class ServiceSettings(BaseSettings):
     the stack: withdrawal → model flag at 20/s (bench/withdrawal_latency.py, 3 runs each)
     had p99 50-64 ms at 10 against 79-84 ms at 50, and p50 31-35 against 24-25 ms."""
 
+    gc_young_threshold: int = Field(default=50_000, ge=700)
+    """Net allocations between two young-generation runs of Python's cycle collector
+    (CPython's default: 700). A consumer batch keeps its objects alive until it ends, so at
+    700 they are scanned again and again and pushed into the old generation, whose full
+    scans cost ~100 ms each: a registry batch of 500 withdrawals spent 330-480 ms in the
+    collector at 700 and 31-39 ms at 50,000 (bench/consent_findings.py, in-process). What
+    is alive at start is frozen out of the scans (``gc.freeze``) as well."""
+
     outbox_batch_size: int = Field(default=500, ge=1)
     outbox_poll_interval_s: float = Field(default=1.0, gt=0)
     """Fallback poll when no NOTIFY arrives (a missed notification is never lost work)."""
