@@ -183,43 +183,63 @@ async def test_a_versions_uses_come_in_slices_that_never_split_a_subject(
 async def test_consent_transactions_share_a_version_and_wait_only_on_a_finding_they_both_change(
     make_database: Callable[[str], str],
 ) -> None:
-    """Two consumers: each holds the version shared and locks the findings it changes.
-    Different findings of one version do not wait on each other; the same finding does, and
-    so does a whole-version evaluation (it holds the version exclusively)."""
+    """Two consumers: each holds the version shared and locks the findings it changes that
+    gather subjects (improper use). Different findings of one version do not wait on each
+    other; the same finding does, and so does a whole-version evaluation (it holds the
+    version exclusively). A later withdrawal's finding, one subject's, takes no lock."""
     database = make_database("findings_locks")
     migrate_service("registry", database)
     first, second, third = [await asyncpg.connect(database) for _ in range(3)]
-    withdrawal_a = next(
+    improper_a, improper_b = [
+        c for c in causes() if c.dataset_version_id == 1 and c.reason is FindingReason.IMPROPER_USE
+    ]
+    withdrawal = next(
         c
         for c in causes()
         if c.dataset_version_id == 1 and c.reason is FindingReason.LATER_WITHDRAWAL
     )
-    withdrawal_b = dataclasses.replace(withdrawal_a, detail="another withdrawal")
+    withdrawals = [
+        dataclasses.replace(withdrawal, detail=f"withdrawal {n}", cause_event_ids=(UUID(int=n),))
+        for n in range(1, 1001)
+    ]
     try:
         a, b = FindingStore(first), FindingStore(second)
         async with first.transaction(), second.transaction():
             await second.execute("SET LOCAL lock_timeout = '2s'")
             await a.share_versions([1])
             await b.share_versions([1])
-            mine = Contribution(withdrawal_a, "s0", CATEGORIES[0], 1, ("s0-r1",))
+            mine = Contribution(improper_a, "s0", CATEGORIES[0], 1, ("s0-r1",))
             await a.refresh(await a.reconcile([mine], {}, lock=True))
-            theirs = Contribution(withdrawal_b, "s1", CATEGORIES[0], 2, ("s1-r1", "s1-r2"))
+            theirs = Contribution(improper_b, "s1", CATEGORIES[0], 2, ("s1-r1", "s1-r2"))
             await b.refresh(await b.reconcile([theirs], {}, lock=True))  # no wait
 
             for blocked in (
                 lambda s: s.lock_versions([1]),  # an evaluation of the version
                 lambda s: s.reconcile(  # the same finding, from another consumer
-                    [Contribution(withdrawal_a, "s2", CATEGORIES[0], 1, ("s2-r1",))], {}, lock=True
+                    [Contribution(improper_a, "s2", CATEGORIES[0], 1, ("s2-r1",))], {}, lock=True
                 ),
             ):
                 async with third.transaction():
                     await third.execute("SET LOCAL lock_timeout = '200ms'")
                     with pytest.raises(asyncpg.LockNotAvailableError):
                         await blocked(FindingStore(third))
+
+            # A batch of 1,000 withdrawals' findings: no lock each (ten per withdrawal, two
+            # such batches at once filled Postgres's lock table: "out of shared memory").
+            held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1"
+            before = await second.fetchval(held, second.get_server_pid())
+            solitary = [
+                Contribution(w, f"s{n}", CATEGORIES[0], 1, (f"s{n}-r1",))
+                for n, w in enumerate(withdrawals)
+            ]
+            touched = await b.reconcile(solitary, {}, lock=True)
+            await b.refresh(touched, totals=withdrawal_totals(solitary, touched))
+            assert await second.fetchval(held, second.get_server_pid()) == before
         findings = await stored_findings(first)
         assert {f.finding_id: f.affected_records for f in findings.values()} == {
-            withdrawal_a.finding_id: 1,
-            withdrawal_b.finding_id: 2,
+            improper_a.finding_id: 1,
+            improper_b.finding_id: 2,
+            **{w.finding_id: 1 for w in withdrawals},
         }
     finally:
         for connection in (first, second, third):

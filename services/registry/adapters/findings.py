@@ -9,7 +9,12 @@ Concurrency (advisory locks, transaction-scoped):
 - Among consent transactions, whoever changes a finding's contributions holds that
   finding's lock (``reconcile(lock=True)``, in key order, only for the findings it changes),
   so two transactions never recompute one finding's totals from different states; a
-  batch that changes nothing takes none.
+  batch that changes nothing takes none. A later withdrawal's finding takes none either:
+  its contributions are all its one subject's, and the transaction that judges that
+  subject adds them up itself (``withdrawal_totals``), never from another's rows. (A lock
+  per such finding was ten per withdrawal: two batches of 500 at once filled Postgres's
+  lock table, ``max_locks_per_transaction`` times connections, and failed with "out of shared
+  memory".)
 - A consent transaction holds the *evaluation gate* shared from before it reads anything;
   a whole-version evaluation first passes the gate exclusively (``pass_gate``), outside its
   own transaction. Every consent transaction that could have missed a newly sealed version
@@ -27,7 +32,7 @@ from typing import Any
 from uuid import UUID
 
 from contracts.base import DatasetRef
-from contracts.events import DatasetFinding, FindingStatus, Severity
+from contracts.events import DatasetFinding, FindingReason, FindingStatus, Severity
 from services.registry.domain.findings import (
     EVENT_SAMPLE_SIZE,
     SAMPLE_SIZE,
@@ -262,7 +267,12 @@ class FindingStore:
         for key in chain((c.key for c in changed), gone):
             touched.setdefault(key[2], set()).add(key[0])
         if lock:
-            await self._lock_findings(touched)
+            solitary = {
+                c.cause.finding_id
+                for c in changed
+                if c.cause.reason is FindingReason.LATER_WITHDRAWAL
+            }
+            await self._lock_findings(touched.keys() - solitary)
         if gone:
             await self._conn.execute(
                 """

@@ -1,6 +1,7 @@
 """Keeping findings true to the facts: after a consent event, a seal, a policy version.
 
-Two paths, one computation (``domain.findings.judge``) and one write (``_settle``):
+Two paths, one computation (``domain.findings.judge``) and one write (``FindingStore``'s
+``reconcile`` then ``refresh``):
 
 - a consent event re-judges that subject's uses, in the consumer's transaction;
 - a seal or a new policy version enqueues whole dataset versions (``evaluation_jobs``),
@@ -142,7 +143,7 @@ async def reevaluate_subjects(
     book = await _policy_book(repo)
     desired = judge(uses, histories, book)
     if not causes:
-        return await _settle(uow, store, desired, stored, lock=True)
+        return await _settle(uow, store, desired, stored)
     touched = await store.reconcile_by_subject(desired, stored, lock=True)
     order = {subject: n for n, subject in enumerate(causes)}
     cause_of = {
@@ -239,11 +240,12 @@ async def _settle(
     store: FindingStore,
     desired: Sequence[Contribution],
     stored: dict[ContributionKey, StoredContribution],
-    *,
-    lock: bool = False,
 ) -> int:
-    touched = await store.reconcile(desired, stored, lock=lock)
-    changed = await store.refresh(touched, current_trace_id())
+    """A consent transaction's write, in its own trace: ``desired`` is every use of its
+    subjects judged (see ``reevaluate_subjects``)."""
+    touched = await store.reconcile(desired, stored, lock=True)
+    known = withdrawal_totals(desired, touched)
+    changed = await store.refresh(touched, current_trace_id(), totals=known)
     for finding, seq in changed:
         _publish(uow, finding, seq)
     return len(changed)
