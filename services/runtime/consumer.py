@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -172,10 +173,14 @@ class EventConsumer:
                 delay = next(delays)
                 log.warning("transient failure (%r); batch retried in %.2fs", exc, delay)
                 await asyncio.sleep(delay)
-        elapsed = time.perf_counter() - started
+        per_record = (time.perf_counter() - started) / max(1, len(records))
+        # One label lookup per batch, not per record (a few µs each, at 10k records/s).
+        seconds = metrics.HANDLER_SECONDS.labels(sub.topic.name)
+        for _ in records:
+            seconds.observe(per_record)
+        for outcome, count in Counter(outcomes).items():
+            metrics.CONSUMED.labels(sub.topic.name, outcome).inc(count)
         for record, outcome in zip(records, outcomes, strict=True):
-            metrics.CONSUMED.labels(record.topic, outcome).inc()
-            metrics.HANDLER_SECONDS.labels(record.topic).observe(elapsed / len(records))
             if outcome == "dead_lettered":
                 log.warning("dead-lettered %s@%s/%s", record.topic, record.partition, record.offset)
         return outcomes
@@ -346,7 +351,17 @@ def _decode(sub: Subscription, record: ConsumerRecord[bytes, bytes]) -> Event[An
         if record.timestamp is not None and record.timestamp > 0
         else None
     )
-    return dataclasses.replace(event, logged_at=logged_at, headers=tuple(record.headers or ()))
+    # Not dataclasses.replace: it re-reads the fields each call (2.5 µs a record).
+    return Event(
+        event.envelope,
+        event.body,
+        event.topic,
+        event.partition,
+        event.offset,
+        event.key,
+        logged_at,
+        tuple(record.headers or ()),
+    )
 
 
 def continue_trace(event: Event[Any]) -> AbstractContextManager[Span]:
