@@ -28,6 +28,7 @@ import asyncpg
 from aiokafka import ConsumerRecord
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
+from faststream.kafka import Topic as KafkaTopic
 from faststream.kafka.annotations import KafkaMessage
 from faststream.message import StreamMessage
 from opentelemetry.trace import Link, Span, SpanKind, get_current_span
@@ -100,8 +101,11 @@ class EventConsumer:
         self._source = source
 
     def register(self, broker: KafkaBroker, subscription: Subscription) -> None:
-        """``KAFKA_CONSUMERS`` subscribers of the topic, one group (see the setting)."""
-        for member in range(self._settings.kafka_consumers):
+        """``KAFKA_CONSUMERS`` subscribers of the topic, one group (see the setting), but
+        no more than the topic is created with partitions: a member beyond them would only
+        poll (``consent.policies.v1`` has one)."""
+        members = min(self._settings.kafka_consumers, subscription.topic.partitions)
+        for member in range(members):
             self._subscribe(broker, subscription, in_schema=member == 0)
 
     def _subscribe(
@@ -110,7 +114,8 @@ class EventConsumer:
         s = self._settings
 
         @broker.subscriber(
-            subscription.topic.name,
+            # FastStream creates a missing topic at start: with its partitions, not one.
+            KafkaTopic(subscription.topic.name, num_partitions=subscription.topic.partitions),
             batch=True,
             max_records=s.kafka_max_poll_records,
             batch_timeout_ms=s.kafka_poll_timeout_ms,

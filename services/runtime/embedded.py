@@ -198,9 +198,10 @@ async def create_topics(bootstrap_servers: str, partitions: Mapping[str, int]) -
     """Create the topics that do not exist yet, each with its partitions; returns those
     created. A topic that exists is left as it is (its partitions are not changed).
 
-    What compose's ``kafka-init`` does for Apache Kafka. Without it, a topic the embedded
-    broker creates on a consumer's first subscription gets one partition, and a consumer
-    group (several ``KAFKA_CONSUMERS``, several replicas) cannot share it."""
+    What compose's ``kafka-init`` does for Apache Kafka. Without it a topic gets whatever
+    its first client asks for: one partition when FastStream declared it for a subscriber
+    (before the services passed their partitions), four (Tansu's default) when a producer
+    named it first; and a consumer group can share a topic only as far as its partitions."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)

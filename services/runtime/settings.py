@@ -34,9 +34,10 @@ class ServiceSettings(BaseSettings):
     kafka_consumers: int = Field(default=1, ge=1, le=64)
     """Consumers per topic in this process, members of the one group (the topic's
     partitions are split among them): while one waits on Postgres or on its offset commit,
-    another works. Each holds its own partitions, so a key's events stay in order. More
-    than the topic has partitions leaves the rest idle. Handlers must be safe to run side
-    by side, as they are across replicas."""
+    another works. Each holds its own partitions, so a key's events stay in order. A topic
+    gets at most as many as ``contracts.topics`` gives it partitions (one for
+    ``consent.policies.v1``). Handlers must be safe to run side by side, as they are across
+    replicas."""
     kafka_max_poll_records: int = Field(default=500, ge=1)
     """Records per fetched batch: one transaction and one offset commit each."""
     kafka_fetch_max_wait_ms: int = Field(default=50, ge=0)

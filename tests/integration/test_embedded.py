@@ -68,8 +68,9 @@ async def test_tansu_round_trip_with_headers(tmp_path: Path) -> None:
 
 
 async def test_tansu_starts_with_every_contract_topic_and_its_partitions() -> None:
-    """Left to the broker, a topic first named by a consumer's subscription gets one
-    partition: a consumer group could not share it (two members, one idle)."""
+    """Left to its first client, a topic gets one partition (FastStream declaring it for a
+    subscriber) or four (Tansu's default, for a producer): as compose's ``kafka-init``,
+    the embedded broker starts with every contract topic at its partitions."""
     with TansuBroker() as broker:
         producer = AIOKafkaProducer(
             bootstrap_servers=broker.bootstrap_servers, enable_idempotence=False

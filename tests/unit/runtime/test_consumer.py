@@ -3,6 +3,7 @@ process once, drop duplicates, dead-letter bad bytes, retry transients, give up 
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
@@ -13,7 +14,7 @@ from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 
 from contracts.events import ConsentEvent, ConsentEvidence, ConsentMechanism, ConsentState
-from contracts.topics import CONSENT_EVENTS
+from contracts.topics import CONSENT_EVENTS, POLICIES
 from services.runtime.consumer import EventConsumer, Subscription
 from services.runtime.errors import PermanentError
 from services.runtime.messages import Event, encode_event
@@ -243,3 +244,20 @@ async def test_subscribers_acknowledge_manually_in_a_group_per_topic() -> None:
     assert subscriber.group_id == f"consenttrace.unit.{CONSENT_EVENTS.name}"
     assert subscriber._connection_args["auto_offset_reset"] == "earliest"
     assert subscriber._connection_args["enable_auto_commit"] is False
+
+
+def test_kafka_consumers_members_per_topic_no_more_than_its_partitions() -> None:
+    """``KAFKA_CONSUMERS=4``: four members for a six-partition topic, one for the policies
+    (one partition: a second member would only poll)."""
+    broker = KafkaBroker()
+    consumer = EventConsumer(
+        SETTINGS.model_copy(update={"kafka_consumers": 4}), lambda: FakePool(), "/unit"
+    )
+    for topic in (CONSENT_EVENTS, POLICIES):
+        consumer.register(broker, Subscription(topic, Recorder()))
+    groups = Counter(sub.topics[0].name for sub in broker.subscribers)
+    assert groups == {CONSENT_EVENTS.name: 4, POLICIES.name: 1}
+    # A topic missing at start is created by FastStream: with its partitions.
+    declared = {t.name: t.num_partitions for s in broker.subscribers for t in s.topics_to_create}
+    assert declared == {CONSENT_EVENTS.name: 6, POLICIES.name: 1}
+    assert POLICIES.partitions == 1 < CONSENT_EVENTS.partitions
