@@ -76,6 +76,7 @@ def create_broker(settings: ServiceSettings) -> KafkaBroker:
         client_id=settings.service_name,
         acks="all",
         enable_idempotence=settings.kafka_enable_idempotence,
+        allow_auto_create_topics=settings.kafka_create_topics,
     )
 
 

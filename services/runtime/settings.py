@@ -28,6 +28,11 @@ class ServiceSettings(BaseSettings):
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_enable_idempotence: bool = True
     """Idempotent producer. Apache Kafka: keep on. Tansu 0.6 rejects the handshake: off."""
+    kafka_create_topics: bool = True
+    """A subscriber creates its topic when it is missing, with the partitions
+    ``contracts.topics`` gives it and one replica: for development and compose. Off where
+    topics are provisioned (Kubernetes: Strimzi's ``KafkaTopic``), so that a service
+    starting first never creates one with a single replica, which would stay so."""
     kafka_group_prefix: str = "consenttrace"
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1_000)
     kafka_heartbeat_interval_ms: int = Field(default=3_000, ge=100)

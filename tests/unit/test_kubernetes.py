@@ -357,6 +357,17 @@ def _routes(service: str) -> frozenset[str]:
     return frozenset(app.openapi()["paths"])
 
 
+def test_services_leave_topic_creation_to_strimzi(rendered: Rendered) -> None:
+    """A service that started before the topic operator would create its topics with one
+    replica (FastStream's declaration), and Strimzi cannot add replicas to them later."""
+    config = _config(rendered)
+    assert (
+        ServiceSettings(kafka_create_topics=config["KAFKA_CREATE_TOPICS"]).kafka_create_topics
+        is False
+    )
+    assert ServiceSettings().kafka_create_topics, "on by default, for development and compose"
+
+
 def test_probes_and_ports_hit_real_routes(rendered: Rendered) -> None:
     config = _config(rendered)
     port = int(config["HTTP_PORT"])
