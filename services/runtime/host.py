@@ -217,6 +217,12 @@ async def _check(probe: Callable[[], Awaitable[None]]) -> str:
     return "ok"
 
 
+async def runtime_dependency(request: Request) -> ServiceRuntime:
+    """``runtime_of`` as a dependency. ``async`` although it awaits nothing: FastAPI runs
+    a plain ``def`` dependency in a worker thread, a thread hop on every request."""
+    return runtime_of(request)
+
+
 def runtime_of(request: Request) -> ServiceRuntime:
     """The runtime, once its database answers: the API needs no broker (writes go to the outbox)."""
     runtime: ServiceRuntime = request.app.state.runtime
@@ -225,7 +231,7 @@ def runtime_of(request: Request) -> ServiceRuntime:
     return runtime
 
 
-RuntimeDep = Annotated[ServiceRuntime, Depends(runtime_of)]
+RuntimeDep = Annotated[ServiceRuntime, Depends(runtime_dependency)]
 
 UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     ConnectionError,

@@ -15,10 +15,11 @@ from contracts.base import DatasetRef
 __all__ = ["QueryTime", "VersionFilter", "amend_openapi", "optional_version"]
 
 
-def optional_version(
+async def optional_version(
     namespace: str | None = None, name: str | None = None, version: str | None = None
 ) -> DatasetRef | None:
-    """An OpenLineage dataset/model version named in the query string, or none at all."""
+    """An OpenLineage dataset/model version named in the query string, or none at all
+    (``async``, so that FastAPI does not run it in a worker thread)."""
     if namespace is None and name is None and version is None:
         return None
     if namespace is None or name is None or version is None:

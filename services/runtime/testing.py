@@ -371,6 +371,9 @@ class FakeConnection:
     async def execute(self, query: str, *args: object) -> str:
         if query.startswith("NOTIFY"):
             return "NOTIFY"
+        if "INSERT INTO outbox" in query:  # one message, with its pg_notify
+            self._pool.outbox.append(args)
+            return "SELECT 1"
         raise NotImplementedError(query)
 
 

@@ -20,13 +20,13 @@ from services.runtime.http import optional_version
     ("namespace", "name", "version"),
     [("", "n", "v"), ("ns", "", "v"), ("ns", "n", ""), ("ns", "n" * 2000, "v")],
 )
-def test_an_invalid_version_filter_is_a_422_not_a_500(
+async def test_an_invalid_version_filter_is_a_422_not_a_500(
     namespace: str, name: str, version: str
 ) -> None:
     # Was: pydantic's ValidationError escaped the dependency, a 500 (found by schemathesis
     # on GET /api/v1/model-flags?namespace=&name=x&version=y).
     with pytest.raises(HTTPException) as refused:
-        optional_version(namespace, name, version)
+        await optional_version(namespace, name, version)
     assert refused.value.status_code == 422
     assert "not a dataset or model version" in str(refused.value.detail)
 
