@@ -370,11 +370,14 @@ class TansuBroker:
         remaining = max(1.0, deadline - time.monotonic())
         try:
             run_sync(wait_for_kafka(self.bootstrap_servers, within=remaining))
-            run_sync(create_topics(self.bootstrap_servers, TOPIC_PARTITIONS))
         except TimeoutError as err:
             raise EmbeddedError(self._failure(str(err))) from err
         if self._proc.poll() is not None:  # something else owned the port and answered
             raise EmbeddedError(self._failure(f"exited with code {self._proc.returncode}"))
+        try:
+            run_sync(create_topics(self.bootstrap_servers, TOPIC_PARTITIONS))
+        except Exception as err:  # aiokafka's errors: the broker is up but not usable
+            raise EmbeddedError(self._failure(f"could not create the topics: {err!r}")) from err
 
     def _failure(self, what: str) -> str:
         where = f"; log {self.log_path}:\n{log_tail(self.log_path)}" if self.log_path else ""

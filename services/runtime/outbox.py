@@ -57,8 +57,8 @@ async def enqueue(conn: Connection, messages: Sequence[OutboxMessage]) -> None:
     if not messages:
         return
     if len(messages) == 1:
-        # COPY then NOTIFY is three round trips: on machines where a socket write costs
-        # tens of µs, a third of a single consent intake request (bench/consent_intake.py).
+        # COPY then NOTIFY is three round trips. Profiled under single consent intake
+        # requests (bench/consent_intake.py), a third of the service was socket writes.
         (m,) = messages
         await conn.execute(
             _ONE, m.topic, m.key, m.value, [h[0] for h in m.headers], [h[1] for h in m.headers]

@@ -21,6 +21,7 @@ __all__ = [
     "extract_from_headers",
     "inject_into_headers",
     "setup_tracing",
+    "trace_id_of",
     "tracer",
 ]
 
@@ -68,5 +69,10 @@ def extract_from_mapping(headers: Mapping[str, str]) -> Context:
 
 def current_trace_id() -> str | None:
     """Hex trace id of the active span, or None outside any trace."""
-    ctx = trace.get_current_span().get_span_context()
+    return trace_id_of(trace.get_current_span())
+
+
+def trace_id_of(span: trace.Span) -> str | None:
+    """Hex trace id of ``span``, or None for a span outside any trace."""
+    ctx = span.get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else None

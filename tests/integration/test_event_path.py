@@ -91,6 +91,20 @@ async def cases_for(service: ServiceProcess, tag: str) -> int:
     return count
 
 
+async def produce_erasures(bootstrap: str, tag: str, count: int) -> None:
+    """``count`` erasures of distinct subjects ``<tag>-0000`` on: one case each."""
+    records = [erasure(f"{tag}-{i:04}")[1] for i in range(count)]
+    await produce(bootstrap, CONSENT_EVENTS.name, records)
+
+
+async def case_histories_for(service: ServiceProcess, tag: str) -> object:
+    return await fetchval(
+        service.admin_dsn,
+        "SELECT count(*) FROM case_history JOIN cases USING (case_id) WHERE cause_key LIKE $1",
+        f"erasure:{tag}%",
+    )
+
+
 async def ready(service: ServiceProcess) -> None:
     await asyncio.to_thread(service.wait_ready)
 
@@ -187,11 +201,7 @@ async def test_consumers_of_one_process_share_the_partitions_and_double_nothing(
         service = stack["deletion"]
         tag = f"members-{uuid.uuid4().hex[:8]}"
         count = 300
-        await produce(
-            kafka_bootstrap,
-            CONSENT_EVENTS.name,
-            [erasure(f"{tag}-{i:04}")[1] for i in range(count)],
-        )
+        await produce_erasures(kafka_bootstrap, tag, count)
 
         async def all_processed() -> bool:
             return await cases_for(service, tag) >= count
@@ -199,10 +209,7 @@ async def test_consumers_of_one_process_share_the_partitions_and_double_nothing(
         await wait_for(all_processed, 90, "every case")
         await asyncio.sleep(1.0)  # anything doubled would show up now
         assert await cases_for(service, tag) == count
-        history = (
-            "SELECT count(*) FROM case_history JOIN cases USING (case_id) WHERE cause_key LIKE $1"
-        )
-        assert await fetchval(service.admin_dsn, history, f"erasure:{tag}%") == count
+        assert await case_histories_for(service, tag) == count
         # aiokafka logs each member's assignment; the last two for the group are the two
         # members' shares of the final generation.
         group = f".deletion.{CONSENT_EVENTS.name}"
@@ -223,11 +230,7 @@ async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(
     await ready(service)
     tag = f"kill-{uuid.uuid4().hex[:8]}"
     count = 3000
-    await produce(
-        kafka_bootstrap,
-        CONSENT_EVENTS.name,
-        [erasure(f"{tag}-{i:04}")[1] for i in range(count)],
-    )
+    await produce_erasures(kafka_bootstrap, tag, count)
 
     async def some_processed() -> bool:
         return await cases_for(service, tag) >= 60
@@ -246,8 +249,7 @@ async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(
     dsn = service.admin_dsn
     mine = f"erasure:{tag}%"
     assert await cases_for(service, tag) == count
-    history = "SELECT count(*) FROM case_history JOIN cases USING (case_id) WHERE cause_key LIKE $1"
-    assert await fetchval(dsn, history, mine) == count
+    assert await case_histories_for(service, tag) == count
     case_ids = {
         str(r)
         for r in await _fetch_column(dsn, "SELECT case_id FROM cases WHERE cause_key LIKE $1", mine)

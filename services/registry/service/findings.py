@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from opentelemetry.trace import Span, use_span
+from opentelemetry.trace import use_span
 
 from contracts.events import ConsentEvent, ConsentState, DatasetFinding, PolicyChange
 from contracts.topics import FINDINGS
@@ -40,7 +40,7 @@ from services.registry.domain.findings import (
 from services.runtime.consumer import start_event_span
 from services.runtime.db import Connection
 from services.runtime.messages import Event
-from services.runtime.telemetry import current_trace_id
+from services.runtime.telemetry import current_trace_id, trace_id_of
 from services.runtime.unit_of_work import UnitOfWork, unit_of_work
 from services.runtime.worker import WorkerContext, WorkerSpec
 
@@ -154,7 +154,9 @@ async def reevaluate_subjects(
     # One span per causing event, not per finding: a withdrawal changes ten findings.
     spans = {subject: start_event_span(causes[subject]) for subject in set(cause_of.values())}
     try:
-        traces = {finding_id: _trace_id(spans[subject]) for finding_id, subject in cause_of.items()}
+        traces = {
+            finding_id: trace_id_of(spans[subject]) for finding_id, subject in cause_of.items()
+        }
         # Every use of these subjects was judged: their withdrawals' findings add up here.
         known = withdrawal_totals(desired, touched)
         changed = await store.refresh(touched, current_trace_id(), traces, known)
@@ -166,11 +168,6 @@ async def reevaluate_subjects(
         for span in spans.values():
             span.end()
     return len(changed)
-
-
-def _trace_id(span: Span) -> str | None:
-    context = span.get_span_context()
-    return format(context.trace_id, "032x") if context.is_valid else None
 
 
 _BOOK: tuple[tuple[int, object], PolicyBook] | None = None
