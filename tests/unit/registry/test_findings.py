@@ -533,20 +533,30 @@ def judged(contributions: list[Contribution]) -> set[tuple[Any, ...]]:
 MECHANISMS = [ConsentMechanism.EXPLICIT_OPT_IN, ConsentMechanism.OPT_OUT]
 
 
-@settings(max_examples=150, deadline=None)
-@given(
-    spec=uses_strategy,
-    history=st.lists(
+def histories(
+    mechanisms: list[ConsentMechanism],
+    days: list[int],
+    *more: st.SearchStrategy[Any],
+    max_size: int,
+) -> st.SearchStrategy[list[tuple[Any, ...]]]:
+    """Consent events as (subject, state, mechanism, category, days from the use, *more)."""
+    return st.lists(
         st.tuples(
             st.sampled_from(SUBJECTS),
             st.sampled_from([ConsentState.GRANTED, ConsentState.WITHDRAWN]),
-            st.sampled_from(MECHANISMS),
+            st.sampled_from(mechanisms),
             st.sampled_from(["user", "user.content", "user.content.private", "user.contact"]),
-            st.sampled_from([-400, -1, 0, 1, 100, 200]),
-            st.integers(0, 2),
+            st.sampled_from(days),
+            *more,
         ),
-        max_size=8,
-    ),
+        max_size=max_size,
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    spec=uses_strategy,
+    history=histories(MECHANISMS, [-400, -1, 0, 1, 100, 200], st.integers(0, 2), max_size=8),
 )
 def test_shared_verdicts_say_what_the_engine_says_of_each_use(
     spec: list[tuple[int, str, str, int]],
@@ -601,15 +611,8 @@ LENIENT = policy(
 @settings(max_examples=200, deadline=None)
 @given(
     spec=uses_strategy,
-    history=st.lists(
-        st.tuples(
-            st.sampled_from(SUBJECTS),
-            st.sampled_from([ConsentState.GRANTED, ConsentState.WITHDRAWN]),
-            st.sampled_from([*MECHANISMS, ConsentMechanism.DEFAULT_SETTING]),
-            st.sampled_from(["user", "user.content", "user.content.private", "user.contact"]),
-            st.sampled_from([-400, -1, 0, 1, 100, 200, 400]),
-        ),
-        max_size=6,
+    history=histories(
+        [*MECHANISMS, ConsentMechanism.DEFAULT_SETTING], [-400, -1, 0, 1, 100, 200, 400], max_size=6
     ),
     grant=st.tuples(
         st.sampled_from(SUBJECTS),
