@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from contracts.base import DatasetRef
 from contracts.events import DatasetFinding, FindingReason, FindingStatus, Severity
@@ -136,6 +137,31 @@ class ServiceProcess:
             "AUTH_MODE": "off",
             **self.extra_env,
         }
+
+    async def caught_up(self, *topics: str) -> bool:
+        """Whether this service has committed the end offset of every partition of
+        ``topics``. It commits an offset only after the transaction that handled the
+        records has committed, so then its tables reflect everything on those topics so
+        far: a probe on the tables ("the counts match") can hold on an intermediate
+        state, this cannot."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            await consumer.topics()  # metadata of every topic
+            for topic in topics:
+                group = f"{self.group_prefix}.{self.name}.{topic}"
+                partitions = [
+                    TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()
+                ]
+                if not partitions:
+                    return False
+                ends = await consumer.end_offsets(partitions)
+                committed = await _committed(self.bootstrap, group, partitions)
+                if any(committed.get(tp, 0) < ends[tp] for tp in partitions):
+                    return False
+            return True
+        finally:
+            await consumer.stop()
 
     def start(self) -> ServiceProcess:
         self.proc = devstack.start_service(self.name, self.env(), self.port, self.log_dir)
@@ -317,6 +343,18 @@ async def collect(
     finally:
         await consumer.stop()
     return found
+
+
+async def _committed(
+    bootstrap: str, group: str, partitions: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group, partitions=partitions)
+    finally:
+        await admin.close()
+    return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
 
 def header(record: ConsumerRecord[bytes, bytes], name: str) -> str | None:

@@ -179,6 +179,15 @@ class Scenario:
             f"{dataset['name']} evaluated",
         )
 
+    async def handled_everything(self, registry: ServiceProcess) -> None:
+        """Wait until ``registry`` has handled every consent event and policy version on
+        the topics so far, and worked off the evaluations they asked for."""
+        await self.until(
+            lambda: registry.caught_up(CONSENT_EVENTS.name, POLICIES.name),
+            "consent events and policies handled",
+        )
+        await self.jobs_done()
+
     async def jobs_done(self) -> None:
         await self.until(
             lambda: self._scalar("SELECT count(*) = 0 FROM evaluation_jobs"), "jobs worked off"
@@ -427,7 +436,7 @@ async def test_duplicates_and_replays_change_nothing_and_a_rebuild_yields_the_sa
     await world.send_consent(*withdrawals, *grants)
     for e in withdrawals:
         await world.send_consent(e, event_id=str(uuid.uuid4()))
-    await world.jobs_done()
+    await world.handled_everything(world.registry)
     assert sorted(await world.findings(), key=lambda f: f["finding_id"]) == first
     assert await world._scalar("SELECT count(*) FROM finding_events") == history_rows
 
@@ -451,12 +460,7 @@ async def test_duplicates_and_replays_change_nothing_and_a_rebuild_yields_the_sa
     try:
         await asyncio.to_thread(replayed.wait_ready)
 
-        async def rebuilt() -> bool:
-            rows = await world.findings(status="active")
-            return len(rows) == len(first)
-
-        await world.until(rebuilt, "findings rebuilt from the topics")
-        await world.jobs_done()
+        await world.handled_everything(replayed)
         again = sorted(await world.findings(status="active"), key=lambda f: f["finding_id"])
         assert again == first
     finally:
