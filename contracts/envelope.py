@@ -71,25 +71,31 @@ class Envelope(Contract):
 
     @classmethod
     def from_headers(cls, headers: Iterable[tuple[str, bytes | None]]) -> Envelope:
-        """Read the attributes back; the first occurrence of a header wins."""
+        """Read the attributes back; the first occurrence of a header wins. Headers of
+        attributes this model does not know (other ``ce_*`` extensions) are ignored."""
         found: dict[str, str] = {}
         for name, raw in headers:
-            key = "datacontenttype" if name == "content-type" else name.removeprefix("ce_")
-            if name.startswith("ce_") or name == "content-type":
-                if key in found or raw is None:
-                    continue
-                try:
-                    found[key] = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise EnvelopeError(f"header {name!r} is not UTF-8") from exc
-        missing = [a for a in ("id", "type", "source", "time", "specversion") if a not in found]
-        if missing:
+            key = _ATTRIBUTE_OF_HEADER.get(name)
+            if key is None or raw is None or key in found:
+                continue
+            try:
+                found[key] = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise EnvelopeError(f"header {name!r} is not UTF-8") from exc
+        if missing := [a for a in _REQUIRED if a not in found]:
             raise EnvelopeError(
                 "missing CloudEvents headers: " + ", ".join(f"ce_{a}" for a in missing)
             )
-        fields = cls.model_fields  # a computed property: read once, not per header
-        known = {k: v for k, v in found.items() if k in fields}
         try:
-            return cls.model_validate(known)
+            return cls.model_validate(found)
         except ValidationError as exc:
             raise EnvelopeError(f"invalid CloudEvents headers: {exc}") from exc
+
+
+_ATTRIBUTE_OF_HEADER = {
+    ("content-type" if name == "datacontenttype" else f"ce_{name}"): name
+    for name in Envelope.model_fields
+}
+"""Header name → attribute, for the attributes the model knows: one dict lookup a header
+(a consumer reads eight or nine per event, thousands of events a second)."""
+_REQUIRED = ("id", "type", "source", "time", "specversion")
