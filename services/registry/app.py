@@ -47,6 +47,7 @@ SPEC = ServiceSpec(
             CONSENT_EVENTS,
             on_consent_event,
             batch_handler=on_consent_events,
+            deduplicates=True,  # the projection is keyed by consent_event_id
             description="Consent changes → findings.",
         ),
         Subscription(

@@ -5,7 +5,9 @@ For each record, in order:
 1. headers and body are checked against the topic's contract; a violation goes to
    ``<topic>.dlq`` (through the outbox) with the original bytes and error headers;
 2. the handler runs inside a unit of work whose transaction also records the event id
-   in the inbox (a duplicate changes nothing) and the outgoing events in the outbox;
+   in the inbox (a duplicate changes nothing; unless the handler keeps its own record of
+   the events it applied, ``Subscription.deduplicates``) and the outgoing events in the
+   outbox;
 3. a transient failure (database or broker unreachable) is retried with capped
    backoff for as long as it takes; an unexpected error a few times, then dead-lettered;
 4. only after the transaction commits is the offset committed (manual acknowledgement).
@@ -54,6 +56,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+MAX_LINKS = 128
+"""Links of a batch's span: the SDK's default limit (``OTEL_SPAN_LINK_COUNT_LIMIT``)."""
+
 EventHandler = Callable[[Event[Any], UnitOfWork], Awaitable[None]]
 BatchHandler = Callable[[Sequence[Event[Any]], UnitOfWork], Awaitable[None]]
 
@@ -84,6 +89,12 @@ class Subscription:
     per event); must mean the same as ``handler`` on each event in order. When it fails
     with anything but a transient error, the batch is processed again one record at a
     time with ``handler``, so a bad event is still dead-lettered alone."""
+    deduplicates: bool = False
+    """The handlers themselves record each event's own id with the state it changes, and
+    change nothing for an id recorded before (the registry's consent projection, keyed by
+    ``consent_event_id``). The inbox row would record the same fact a second time, at a
+    third of the database's work per event, so none is written: a redelivery reaches the
+    handlers. Dead letters are still recorded in the inbox."""
 
 
 class EventConsumer:
@@ -198,7 +209,7 @@ class EventConsumer:
             try:
                 event = _decode(sub, record)
                 async with uow.savepoint():
-                    if not await uow.record_inbox(event.id, record.topic):
+                    if not sub.deduplicates and not await uow.record_inbox(event.id, record.topic):
                         return "duplicate"
                     await sub.handler(event, uow)
                 return "processed"
@@ -227,7 +238,8 @@ class EventConsumer:
                 decoded.append((i, _decode(sub, record)))
             except PermanentError as exc:
                 outcomes[i] = await self._dead_letter_in(uow, record, exc)
-        new_ids = await uow.record_inbox_many([e.id for _, e in decoded], sub.topic.name)
+        ids = [e.id for _, e in decoded]
+        new_ids = set(ids) if sub.deduplicates else await uow.record_inbox_many(ids, sub.topic.name)
         for i, event in decoded:
             if event.id in new_ids:
                 new_ids.discard(event.id)  # the same id twice in one batch: once
@@ -263,7 +275,7 @@ class EventConsumer:
         while True:
             try:
                 async with unit_of_work(self._pool(), self._source) as uow:
-                    if not await uow.record_inbox(event.id, record.topic):
+                    if not sub.deduplicates and not await uow.record_inbox(event.id, record.topic):
                         return "duplicate"
                     await sub.handler(event, uow)
                 return "processed"
@@ -430,19 +442,19 @@ def _batch_span(
 ) -> AbstractContextManager[Span]:
     if len(records) == 1:
         return _span(records[0])
-    links = [
-        Link(span_context)
-        for record in records
-        if (
-            span_context := get_current_span(
-                extract_from_headers(list(record.headers or ()))
-            ).get_span_context()
-        ).is_valid
-    ]
+    links: list[Link] = []
+    for record in records:
+        span_context = get_current_span(
+            extract_from_headers(record.headers or ())
+        ).get_span_context()
+        if span_context.is_valid:
+            links.append(Link(span_context))
+            if len(links) == MAX_LINKS:
+                break  # the rest would be dropped: reading their headers is most of a span
     return tracer().start_as_current_span(
         f"{topic} process",
         kind=SpanKind.CONSUMER,
-        links=links[:128],
+        links=links,
         attributes={
             "messaging.system": "kafka",
             "messaging.destination.name": topic,

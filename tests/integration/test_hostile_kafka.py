@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import hashlib
 import importlib
 import json
 import time
@@ -21,7 +20,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import pytest
 
 from contracts.base import DatasetRef, ModelRef
@@ -309,22 +307,6 @@ def hostile_records(case: TopicCase, tag: str) -> dict[str, Record]:
     }
 
 
-async def in_inbox(service: ServiceProcess, event_id: str) -> bool:
-    conn = await asyncpg.connect(service.admin_dsn)
-    try:
-        return bool(await conn.fetchval("SELECT 1 FROM inbox WHERE event_id = $1", event_id))
-    finally:
-        await conn.close()
-
-
-def event_id_of(case: TopicCase, record: Record) -> str:
-    _, value, headers = record
-    if not case.envelope:
-        assert value is not None
-        return "ol:" + hashlib.sha256(value).hexdigest()
-    return dict(headers)["ce_id"].decode()
-
-
 @pytest.mark.parametrize("topic", sorted(CASES))
 async def test_bad_messages_are_dead_lettered_once_and_the_consumer_goes_on(
     stack: dict[str, ServiceProcess], kafka_bootstrap: str, topic: str
@@ -336,11 +318,12 @@ async def test_bad_messages_are_dead_lettered_once_and_the_consumer_goes_on(
     await produce(kafka_bootstrap, topic, [*bad.values(), valid])
     readers = [stack[name] for name in consumers()[topic]]
 
-    valid_id = event_id_of(case, valid)
+    # Every record handled, its offset committed: the bad ones dead-lettered, the valid one
+    # processed (it is no dead letter, see below).
     deadline = time.monotonic() + 60
     for reader in readers:
-        while not await in_inbox(reader, valid_id):
-            assert time.monotonic() < deadline, f"{reader.name} never processed the valid record"
+        while not await reader.caught_up(topic):
+            assert time.monotonic() < deadline, f"{reader.name} never got past the records"
             await asyncio.sleep(0.2)
 
     groups = {f"{r.group_prefix}.{r.name}.{topic}": r.name for r in readers}

@@ -12,10 +12,12 @@ import asyncpg
 import pytest
 from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker, TestKafkaBroker
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 
 from contracts.events import ConsentEvent, ConsentEvidence, ConsentMechanism, ConsentState
 from contracts.topics import CONSENT_EVENTS, POLICIES
-from services.runtime.consumer import EventConsumer, Subscription
+from services.runtime.consumer import MAX_LINKS, EventConsumer, Subscription
 from services.runtime.errors import PermanentError
 from services.runtime.messages import Event, encode_event
 from services.runtime.settings import ServiceSettings
@@ -261,3 +263,60 @@ def test_kafka_consumers_members_per_topic_no_more_than_its_partitions() -> None
     declared = {t.name: t.num_partitions for s in broker.subscribers for t in s.topics_to_create}
     assert declared == {CONSENT_EVENTS.name: 6, POLICIES.name: 1}
     assert POLICIES.partitions == 1 < CONSENT_EVENTS.partitions
+
+
+@pytest.mark.parametrize("size", [3, 200])
+async def test_a_batch_span_links_to_its_events_traces_up_to_the_limit(
+    pool: FakePool, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    sdk_tracer = TracerProvider().get_tracer(__name__)
+    monkeypatch.setattr("services.runtime.consumer.tracer", lambda: sdk_tracer)
+    producers: list[int] = []
+    messages = []
+    for n in range(size):
+        with sdk_tracer.start_as_current_span("produce") as span:
+            messages.append(good(f"s{n}"))
+        producers.append(span.get_span_context().span_id)
+    seen: list[list[int]] = []
+
+    async def handler(events: Any, uow: UnitOfWork) -> None:
+        current = trace.get_current_span()
+        assert isinstance(current, ReadableSpan)
+        seen.append([link.context.span_id for link in current.links])
+
+    consumer = EventConsumer(SETTINGS, lambda: pool, "/unit")  # type: ignore[arg-type, return-value]
+    sub = Subscription(CONSENT_EVENTS, Recorder(), batch_handler=handler)
+    assert await consumer.process_batch(sub, as_records(messages)) == ["processed"] * size
+    assert seen == [producers[:MAX_LINKS]], "the first events' traces, in order"
+
+
+async def test_a_deduplicating_subscription_writes_no_inbox_and_hands_redeliveries_on(
+    pool: FakePool,
+) -> None:
+    """Its handlers keep their own record of the events they applied: a redelivery must
+    reach them, a dead letter is still recorded once."""
+    consumer = EventConsumer(SETTINGS, lambda: pool, "/unit")  # type: ignore[arg-type, return-value]
+    a, b = good("a"), good("b")
+    per_record, per_batch = Recorder(), BatchRecorder()
+    sub = Subscription(CONSENT_EVENTS, per_record, batch_handler=per_batch, deduplicates=True)
+    batch = as_records([a, (b"garbage", a[1]), b, a])
+
+    assert await consumer.process_batch(sub, batch) == [
+        "processed",
+        "dead_lettered",
+        "processed",
+        "duplicate",  # the same delivery twice in one batch: handed on once
+    ]
+    assert await consumer.process_batch(sub, batch) == [
+        "processed",
+        "duplicate",
+        "processed",
+        "duplicate",
+    ]
+    first, second = (header(batch[0], "ce_id"), header(batch[2], "ce_id"))
+    assert per_batch.calls == [[first, second], [first, second]]
+    assert pool.inbox == {f"dlq:{CONSENT_EVENTS.name}:0:1"}, "only the dead letter's marker"
+
+    one = Subscription(CONSENT_EVENTS, per_record, deduplicates=True)
+    assert await consumer.process(one, batch[0]) == "processed"
+    assert per_record.seen == [first]
