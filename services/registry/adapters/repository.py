@@ -61,17 +61,21 @@ class RegistryRepository:
             """
             INSERT INTO consent_projection (consent_event_id, subject_id, purpose,
                 data_categories, state, effective_at, recorded_at, event)
-            SELECT e.id, e.subject_id, e.purpose,
-                   ARRAY(SELECT jsonb_array_elements_text(e.body::jsonb -> 'data_categories')),
-                   e.state, e.effective_at, e.recorded_at, e.body::jsonb
+            SELECT e.id, e.subject_id, e.purpose, string_to_array(e.categories, ' '),
+                   e.state, e.effective_at, e.recorded_at, e.body::json
             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                        $6::timestamptz[], $7::text[])
-                 AS e(id, subject_id, purpose, state, effective_at, recorded_at, body)
+                        $6::timestamptz[], $7::text[], $8::text[])
+                 AS e(id, subject_id, purpose, categories, state, effective_at, recorded_at,
+                      body)
             ON CONFLICT DO NOTHING RETURNING consent_event_id
             """,
             [e.consent_event_id for e in events],
             [e.subject_id for e in events],
             [e.purpose for e in events],
+            # One text per event (a category path holds no space): an array of arrays of
+            # different lengths is no Postgres array, and reading them out of each event's
+            # JSON took a subquery per row.
+            [" ".join(e.data_categories) for e in events],
             [e.state.value for e in events],
             [e.effective_at for e in events],
             [e.recorded_at for e in events],
