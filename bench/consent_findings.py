@@ -17,8 +17,10 @@ helpers it reuses). Then:
    evaluation job. ``VACUUM ANALYZE``.
 3. **Yardsticks** (same run, same broker, same Postgres, same message bytes):
    produce alone and consume alone (raw aiokafka), ``decode_event`` alone (the consumer's
-   contract check, in this process), and the registry's own projection + inbox statements
-   (captured from its code) into copies of its tables, 500 rows per transaction.
+   contract check, in this process), and the registry's own projection statement
+   (captured from its code) into a copy of its table, 500 rows per transaction. (The
+   registry writes no inbox row for a consent event: the projection, keyed by
+   ``consent_event_id``, is its record of what it applied.)
 4. **Phase A, grants**, K runs: N explicit opt-ins effective 2025-01-01 (before every use),
    half for subjects with memberships, encoded before the clock starts, produced as fast as
    aiokafka goes (acks=all); timed until the registry's consumer group has committed the
@@ -30,7 +32,7 @@ helpers it reuses). Then:
    subjects with memberships (some of them withdrawn in phase B): the common case of a
    live system, which the registry projects without re-judging anything
    (``grant_changes_nothing``); timed like phase A.
-6. **Where the time goes**: the registry's consumer path for one batch of 500 (decode, inbox,
+6. **Where the time goes**: the registry's consumer path for one batch of 500 (decode,
    ``on_consent_events``, outbox) run in this process on the same database, in a transaction
    that is rolled back: time per SQL statement, Python CPU, and a cProfile of the same; and
    EXPLAIN (ANALYZE, BUFFERS) of ``uses_of_subjects``, ``contributions_of_subjects``,
@@ -93,7 +95,6 @@ from services.runtime.db import connect_pool
 from services.runtime.messages import decode_event, encode_event
 from services.runtime.settings import ServiceSettings
 from services.runtime.testing import ServiceProcess, migrate_service
-from services.runtime.unit_of_work import UnitOfWork
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGET_PER_S = 20_000
@@ -618,8 +619,8 @@ async def kafka_yardsticks(
 
 
 async def postgres_yardstick(dsn: str, events: Sequence[ConsentEvent]) -> Row:
-    """The registry's own inbox and projection inserts (SQL captured from its code), 500 rows
-    per transaction, into empty copies of its tables in a schema of their own."""
+    """The registry's own projection insert (SQL captured from its code), 500 rows per
+    transaction, into an empty copy of its table in a schema of its own."""
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(
@@ -627,7 +628,6 @@ async def postgres_yardstick(dsn: str, events: Sequence[ConsentEvent]) -> Row:
             CREATE SCHEMA bench_yardstick;
             CREATE TABLE bench_yardstick.consent_projection
                 (LIKE public.consent_projection INCLUDING ALL);
-            CREATE TABLE bench_yardstick.inbox (LIKE public.inbox INCLUDING ALL);
             SET search_path = bench_yardstick, public;
             CHECKPOINT;
             """
@@ -635,18 +635,13 @@ async def postgres_yardstick(dsn: str, events: Sequence[ConsentEvent]) -> Row:
         statements = []
         for start in range(0, len(events), BATCH):
             chunk = events[start : start + BATCH]
-            ids = [str(uuid.uuid4()) for _ in chunk]
-            inbox = await statement_of(
-                lambda c, ids=ids: UnitOfWork(c, SOURCE).record_inbox_many(ids, CONSENT_EVENTS.name)
-            )
             project = await statement_of(
                 lambda c, chunk=chunk: RegistryRepository(c).save_consents(chunk)
             )
-            statements.append((inbox, project))
+            statements.append(project)
         started = time.perf_counter()
-        for (inbox_sql, inbox_args), (project_sql, project_args) in statements:
+        for project_sql, project_args in statements:
             async with conn.transaction():
-                await conn.fetch(inbox_sql, *inbox_args)
                 await conn.fetch(project_sql, *project_args)
         elapsed = time.perf_counter() - started
         await conn.execute("RESET search_path; DROP SCHEMA bench_yardstick CASCADE")
@@ -1095,7 +1090,7 @@ async def measure(bench: Bench, args: argparse.Namespace, log: Callable[[str], N
             f" msg/s, decode_event {kafka['decode_per_s']:,.0f}/s"
             f" ({kafka['message_bytes']:.0f} bytes a message, {kafka['partitions']} partitions)"
         )
-        log(f"yardstick: Postgres, the registry's inbox + projection inserts, {BATCH} per txn …")
+        log(f"yardstick: Postgres, the registry's projection insert, {BATCH} per txn …")
         postgres = await postgres_yardstick(bench.url(), sample)
         log(f"  {postgres['rows_per_s']:,.0f} rows/s")
 
@@ -1276,7 +1271,7 @@ def report(result: Row, meta: Row) -> str:
             withdrawals,
         ),
         _yardstick(
-            f"Postgres inbox + projection inserts, {BATCH} per txn",
+            f"Postgres projection insert, {BATCH} per txn",
             pg["rows_per_s"],
             "rows/s",
             grants,

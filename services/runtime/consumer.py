@@ -184,6 +184,7 @@ class EventConsumer:
             except Exception as exc:
                 if not is_transient(exc):
                     log.warning("batch of %d failed (%r): one record at a time", len(records), exc)
+                    metrics.RETRIES.labels(sub.topic.name, "batch_fallback").inc(len(records))
                     return [await self.process(sub, record) for record in records]
                 metrics.RETRIES.labels(sub.topic.name, "transient").inc()
                 delay = next(delays)

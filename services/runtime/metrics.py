@@ -25,7 +25,9 @@ DEAD_LETTERED = Counter(
 )
 RETRIES = Counter(
     "consenttrace_handler_retries_total",
-    "Retries of a message's processing, by kind (transient, unexpected).",
+    "Retries of a message's processing, by kind (transient, unexpected; batch_fallback: its"
+    " batch failed as a whole and is processed again one record at a time, each several"
+    " times slower: a steady rate means a bad event or a defect in a batch handler).",
     ["topic", "kind"],
 )
 HANDLER_SECONDS = Histogram(

@@ -54,7 +54,8 @@ class RegistryRepository:
         return bool(inserted)
 
     async def save_consents(self, events: Sequence[ConsentEvent]) -> list[ConsentEvent]:
-        """Project many consent events in one statement; returns those new to the projection."""
+        """Project many consent events in one statement; returns those new to the projection,
+        each once, in order."""
         if not events:
             return []
         rows = await self._conn.fetch(
@@ -63,8 +64,8 @@ class RegistryRepository:
                 data_categories, state, effective_at, recorded_at, event)
             SELECT e.id, e.subject_id, e.purpose, string_to_array(e.categories, ' '),
                    e.state, e.effective_at, e.recorded_at, e.body::json
-            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                        $6::timestamptz[], $7::text[], $8::text[])
+            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                        $6::timestamptz[], $7::timestamptz[], $8::text[])
                  AS e(id, subject_id, purpose, categories, state, effective_at, recorded_at,
                       body)
             ON CONFLICT DO NOTHING RETURNING consent_event_id
@@ -82,7 +83,12 @@ class RegistryRepository:
             [e.model_dump_json() for e in events],
         )
         new = {row["consent_event_id"] for row in rows}
-        return [e for e in events if e.consent_event_id in new]
+        fresh = []
+        for e in events:  # an event twice in the batch (two deliveries): once
+            if e.consent_event_id in new:
+                new.discard(e.consent_event_id)
+                fresh.append(e)
+        return fresh
 
     async def policies_fingerprint(self) -> tuple[int, object]:
         """Changes whenever a policy version is added: the key of a cached ``PolicyBook``."""

@@ -14,6 +14,7 @@ from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from prometheus_client import REGISTRY
 
 from contracts.events import ConsentEvent, ConsentEvidence, ConsentMechanism, ConsentState
 from contracts.topics import CONSENT_EVENTS, POLICIES
@@ -213,8 +214,13 @@ async def test_a_failing_batch_handler_falls_back_to_one_record_at_a_time(pool: 
     per_record = Recorder(poison="poison")
     per_batch = BatchRecorder(failures=[KeyError("the batch hits the poison event")])
     sub = Subscription(CONSENT_EVENTS, per_record, batch_handler=per_batch)
+    fallbacks = {"topic": CONSENT_EVENTS.name, "kind": "batch_fallback"}
+    before = REGISTRY.get_sample_value("consenttrace_handler_retries_total", fallbacks) or 0
 
     outcomes = await consumer.process_batch(sub, batch)
+
+    after = REGISTRY.get_sample_value("consenttrace_handler_retries_total", fallbacks)
+    assert after == before + 3, "counted, so that an operator sees a batch path that fails"
 
     assert outcomes == ["processed", "dead_lettered", "processed"]
     assert per_record.seen == [header(batch[0], "ce_id"), header(batch[2], "ce_id")]
