@@ -252,7 +252,7 @@ class Bench:
     bootstrap: str = ""
     idempotence: bool = False
     databases: list[str] = field(default_factory=list)
-    service: ServiceProcess | None = None
+    services: list[ServiceProcess] = field(default_factory=list)
 
     @property
     def group_prefix(self) -> str:
@@ -275,23 +275,32 @@ class Bench:
         embedded.create_databases_sync(self.server_url, self.databases)
         migrate_service("registry", self.url())
 
-    def start_service(self, service_env: dict[str, str]) -> ServiceProcess:
-        self.service = ServiceProcess(
-            "registry",
-            self.url(),
-            self.bootstrap,
-            self.work_dir,
-            idempotence=self.idempotence,
-            group_prefix=self.group_prefix,
-            extra_env=service_env,
-        ).start()
-        self.service.wait_ready()
-        return self.service
+    def start_services(self, service_env: dict[str, str], replicas: int) -> list[int]:
+        """``replicas`` registry processes in one consumer group (as replicas of a
+        Deployment share the partitions); returns their pids."""
+        for n in range(replicas):
+            self.services.append(
+                ServiceProcess(
+                    "registry",
+                    self.url(),
+                    self.bootstrap,
+                    self.work_dir / f"replica-{n}",
+                    idempotence=self.idempotence,
+                    group_prefix=self.group_prefix,
+                    extra_env=service_env,
+                ).start()
+            )
+        pids = []
+        for service in self.services:
+            service.wait_ready()
+            assert service.proc is not None
+            pids.append(service.proc.pid)
+        return pids
 
     def stop(self) -> None:
-        if self.service is not None:
+        for service in self.services:
             with contextlib.suppress(Exception):
-                self.service.stop()
+                service.stop()
         if self.databases:
             try:
                 embedded.drop_databases_sync(self.server_url, self.databases, force=True)
@@ -306,7 +315,8 @@ class Meter:
     """CPU seconds per component: named processes, and the Postgres backends of one
     database except the bench's own connections (its polling is not the service's work)."""
 
-    pids: dict[str, int]
+    pids: dict[str, Sequence[int]]
+    """Per component, its processes (the registry's replicas)."""
     admin: asyncpg.Pool
     database: str
     own_backends: set[int] = field(default_factory=set)
@@ -316,7 +326,7 @@ class Meter:
             "SELECT pid FROM pg_stat_activity WHERE datname = $1", self.database
         )
         return {
-            "procs": {name: process_cpu_s(pid) for name, pid in self.pids.items()},
+            "procs": {name: _sum_cpu_s(pids) for name, pids in self.pids.items()},
             "backends": {
                 r["pid"]: process_cpu_s(r["pid"]) for r in rows if r["pid"] not in self.own_backends
             },
@@ -341,6 +351,19 @@ class Meter:
         out["machine"] = delta(before["machine"], after["machine"])
         out["wall"] = after["wall"] - before["wall"]
         return out
+
+
+def _sum_cpu_s(pids: Sequence[int]) -> float | None:
+    """CPU seconds of several processes, None when any is unknown."""
+    times = [process_cpu_s(pid) for pid in pids]
+    return None if any(t is None for t in times) else sum(t for t in times if t is not None)
+
+
+def _sum_mb(measure: Callable[[int], float | None], pids: Sequence[int]) -> float | None:
+    """A memory figure summed over processes (the replicas' peaks need not coincide: their
+    sum is an upper bound of the peak together)."""
+    sizes = [measure(pid) for pid in pids]
+    return None if any(m is None for m in sizes) else sum(m for m in sizes if m is not None)
 
 
 async def own_pool(dsn: str, meter: Meter | None = None, size: int = 2) -> asyncpg.Pool:
@@ -763,7 +786,7 @@ class Context:
     meter: Meter
     producer: AIOKafkaProducer
     watcher: AIOKafkaConsumer
-    service_pid: int
+    service_pids: Sequence[int]
     log: Callable[[str], None]
 
 
@@ -805,8 +828,8 @@ async def timed_run(ctx: Context, phase: str, number: int, events: Sequence[Cons
         "created": delta,
         "cpu_s": Meter.usage(cpu_before, cpu_consumed),
         "cpu_s_to_published": Meter.usage(cpu_before, cpu_published) if cpu_published else None,
-        "service_rss_mb": rss_mb(ctx.service_pid),
-        "service_peak_rss_mb": peak_rss_mb(ctx.service_pid),
+        "service_rss_mb": _sum_mb(rss_mb, ctx.service_pids),
+        "service_peak_rss_mb": _sum_mb(peak_rss_mb, ctx.service_pids),
     }
     cpu = result["cpu_s"]
     ctx.log(
@@ -1044,16 +1067,19 @@ def _execution_ms(plan: Sequence[str]) -> float | None:
 async def measure(bench: Bench, args: argparse.Namespace, log: Callable[[str], None]) -> Row:
     rng = random.Random(args.seed)
     subjects = Subjects(bench.tag, args.subjects, rng)
-    log(f"broker {bench.bootstrap}; starting the registry (logs in {bench.work_dir}) …")
-    service = await asyncio.to_thread(bench.start_service, dict(args.service_env))
-    assert service.proc is not None
-    pid = service.proc.pid
-    rss_idle = rss_mb(pid)
+    log(
+        f"broker {bench.bootstrap}; starting the registry ({args.replicas} replica(s), logs in"
+        f" {bench.work_dir}) …"
+    )
+    service_pids = await asyncio.to_thread(
+        bench.start_services, dict(args.service_env), args.replicas
+    )
+    rss_idle = _sum_mb(rss_mb, service_pids)
 
     scratch = await asyncpg.create_pool(bench.url("scratch"), min_size=1, max_size=2)
-    pids = {"registry service": pid}
+    pids: dict[str, Sequence[int]] = {"registry service": service_pids}
     if bench.broker is not None and bench.broker.pid is not None:
-        pids["tansu"] = bench.broker.pid
+        pids["tansu"] = (bench.broker.pid,)
     meter = Meter(pids, scratch, bench.databases[0])
     pool = await own_pool(bench.url(), meter)
     producer = await start_producer(bench.bootstrap, bench.idempotence)
@@ -1062,7 +1088,7 @@ async def measure(bench: Bench, args: argparse.Namespace, log: Callable[[str], N
         bootstrap_servers=bench.bootstrap, group_id=group, enable_auto_commit=False
     )
     await watcher.start()
-    ctx = Context(bench, pool, meter, producer, watcher, pid, log)
+    ctx = Context(bench, pool, meter, producer, watcher, service_pids, log)
     try:
         log("policy …")
         policy_s = await publish_policy(bench.bootstrap, bench.idempotence, pool)
@@ -1141,7 +1167,11 @@ async def measure(bench: Bench, args: argparse.Namespace, log: Callable[[str], N
         "median": {phase: medians(rs) for phase, rs in runs.items()},
         "profile": profile,
         "totals": final,
-        "rss_mb": {"idle": rss_idle, "peak": peak_rss_mb(pid), "at_end": rss_mb(pid)},
+        "rss_mb": {
+            "idle": rss_idle,
+            "peak": _sum_mb(peak_rss_mb, service_pids),
+            "at_end": _sum_mb(rss_mb, service_pids),
+        },
     }
 
 
@@ -1217,6 +1247,11 @@ def report(result: Row, meta: Row) -> str:
         *(
             [f"service environment: {' '.join(f'{k}={v}' for k, v in meta['service_env'].items())}"]
             if meta["service_env"]
+            else []
+        ),
+        *(
+            [f"{meta['replicas']} registry replicas: CPU and RSS are their sums"]
+            if meta.get("replicas", 1) > 1
             else []
         ),
         "",
@@ -1343,6 +1378,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--service-env", action="append", default=[], metavar="NAME=VALUE", help="repeatable"
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="registry processes sharing the partitions (1); CPU and memory are their sums",
+    )
     parser.add_argument("--keep-logs", action="store_true")
     parser.add_argument(
         "--keep-databases", action="store_true", help="for inspection: drop them yourself"
@@ -1350,8 +1391,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if any("=" not in item for item in args.service_env):
         parser.error("--service-env takes NAME=VALUE")
-    if min(args.grants, args.withdrawals, args.runs, args.subjects) < 1:
-        parser.error("--grants, --withdrawals, --runs, --subjects must be ≥ 1")
+    if min(args.grants, args.withdrawals, args.runs, args.subjects, args.replicas) < 1:
+        parser.error("--grants, --withdrawals, --runs, --subjects, --replicas must be ≥ 1")
     if args.grants <= 4 * BATCH:
         # Half the grants go to members, and 2 * BATCH of those are kept for the profile:
         # with fewer, no granted member is left to withdraw.
@@ -1376,6 +1417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": args.runs,
         "postgres": bench.server_url.rsplit("@", 1)[-1],
         "service_env": dict(args.service_env),
+        "replicas": args.replicas,
     }
 
     def stop() -> None:
