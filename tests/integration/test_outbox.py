@@ -80,6 +80,43 @@ async def test_concurrent_relays_publish_everything_once_in_per_key_order(
     assert await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 0
 
 
+async def test_a_relay_held_up_by_another_relays_claim_goes_on_when_that_one_commits(
+    pool: asyncpg.Pool, producer: AIOKafkaProducer, kafka_bootstrap: str
+) -> None:
+    """Rows of one key (findings are keyed by dataset version: a few keys, many rows) while
+    another relay holds the oldest of them: the relay may publish none of its claim yet. It
+    must go on as soon as the other commits, not sleep until its poll: two replicas' relays
+    otherwise took turns, one batch per poll interval each."""
+    topic = f"test.outbox.{uuid.uuid4().hex[:8]}"
+    rows = 400
+    async with pool.acquire() as conn, conn.transaction():
+        await enqueue(
+            conn, [OutboxMessage(topic, b"one-key", f"{n:04}".encode()) for n in range(rows)]
+        )
+    relay = OutboxRelay(
+        pool, producer, ServiceSettings(outbox_batch_size=50, outbox_poll_interval_s=300)
+    )
+    other = await pool.acquire()
+    try:
+        async with other.transaction():  # the other relay's claim: the oldest 50 rows
+            held = await other.fetch(
+                "SELECT id FROM outbox ORDER BY id LIMIT 50 FOR UPDATE SKIP LOCKED"
+            )
+            await relay.start()
+            await asyncio.sleep(1.0)  # the relay has claimed rows 50-99 and found them held
+            await other.execute(
+                "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
+                [row["id"] for row in held],
+            )
+        records = await collect(
+            kafka_bootstrap, topic, lambda r: True, expected=rows - 50, within=30
+        )
+    finally:
+        await pool.release(other)
+        await relay.stop()
+    assert [r.value for r in records] == [f"{n:04}".encode() for n in range(50, rows)]
+
+
 async def test_the_relay_wakes_on_notify_rather_than_waiting_for_its_poll(
     pool: asyncpg.Pool, producer: AIOKafkaProducer, kafka_bootstrap: str
 ) -> None:
