@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import json
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from services.runtime.embedded import database_url_for
@@ -79,3 +81,20 @@ def start_service(
     yield start
     for service in started:
         service.stop()
+
+
+@pytest.fixture
+async def registry_conn(make_database: Callable[[str], str]) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to a fresh, migrated registry database, with the services' JSON codecs,
+    for tests of the registry's storage without the service."""
+    database = make_database("registry_storage")
+    migrate_service("registry", database)
+    connection = await asyncpg.connect(database)
+    for type_name in ("json", "jsonb"):
+        await connection.set_type_codec(
+            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+    try:
+        yield connection
+    finally:
+        await connection.close()

@@ -3,8 +3,6 @@ statement store the same rows, each event once, and give the events back unchang
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
@@ -13,7 +11,6 @@ import pytest
 
 from contracts.events import ConsentEvent, ConsentEvidence, ConsentMechanism, ConsentState
 from services.registry.adapters.repository import RegistryRepository
-from services.runtime.testing import migrate_service
 
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
 
@@ -36,18 +33,8 @@ def consent(subject: str, n: int, categories: tuple[str, ...]) -> ConsentEvent:
 
 
 @pytest.fixture
-async def conn(make_database: Callable[[str], str]) -> AsyncIterator[asyncpg.Connection]:
-    database = make_database("consent_projection")
-    migrate_service("registry", database)
-    connection = await asyncpg.connect(database)
-    for type_name in ("json", "jsonb"):
-        await connection.set_type_codec(
-            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
-        )
-    try:
-        yield connection
-    finally:
-        await connection.close()
+def conn(registry_conn: asyncpg.Connection) -> asyncpg.Connection:
+    return registry_conn
 
 
 ROW = (

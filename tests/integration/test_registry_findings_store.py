@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
@@ -76,18 +75,8 @@ def random_contributions(rng: random.Random, pool: list[FindingCause]) -> list[C
 
 
 @pytest.fixture
-async def conn(make_database: Callable[[str], str]) -> AsyncIterator[asyncpg.Connection]:
-    database = make_database("findings_store")
-    migrate_service("registry", database)
-    connection = await asyncpg.connect(database)
-    for type_name in ("json", "jsonb"):
-        await connection.set_type_codec(
-            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
-        )
-    try:
-        yield connection
-    finally:
-        await connection.close()
+def conn(registry_conn: asyncpg.Connection) -> asyncpg.Connection:
+    return registry_conn
 
 
 async def stored_findings(conn: asyncpg.Connection) -> dict[UUID, DatasetFinding]:
