@@ -756,6 +756,8 @@ def test_alerts_query_only_exposed_metrics_and_name_what_they_group_by() -> None
         "consenttrace_dead_lettered_total",
         "consenttrace_outbox_oldest_pending_seconds",
     } <= queried
+    retried = {kind for a in alerts for kind in re.findall(r'kind="(\w+)"', a["expr"])}
+    assert retried == {"transient", "batch_fallback"}, "each kind of retry that needs a person"
     monitor = production.named("ServiceMonitor", "consenttrace")
     selector = monitor["spec"]["selector"]["matchLabels"]
     for service in production.of_kind("Service"):
