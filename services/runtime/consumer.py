@@ -210,7 +210,7 @@ class EventConsumer:
             try:
                 event = _decode(sub, record)
                 async with uow.savepoint():
-                    if not sub.deduplicates and not await uow.record_inbox(event.id, record.topic):
+                    if not await _first_delivery(sub, event, record.topic, uow):
                         return "duplicate"
                     await sub.handler(event, uow)
                 return "processed"
@@ -276,7 +276,7 @@ class EventConsumer:
         while True:
             try:
                 async with unit_of_work(self._pool(), self._source) as uow:
-                    if not sub.deduplicates and not await uow.record_inbox(event.id, record.topic):
+                    if not await _first_delivery(sub, event, record.topic, uow):
                         return "duplicate"
                     await sub.handler(event, uow)
                 return "processed"
@@ -353,6 +353,14 @@ class EventConsumer:
         uow.publish_raw(dead_letter_message(record, reason, exc, group))
         metrics.DEAD_LETTERED.labels(record.topic, reason).inc()
         return "dead_lettered"
+
+
+async def _first_delivery(
+    sub: Subscription, event: Event[Any], topic: str, uow: UnitOfWork
+) -> bool:
+    """False for an event the inbox has seen; always True where the handlers keep their
+    own record (``Subscription.deduplicates``)."""
+    return sub.deduplicates or await uow.record_inbox(event.id, topic)
 
 
 def _decode(sub: Subscription, record: ConsumerRecord[bytes, bytes]) -> Event[Any]:

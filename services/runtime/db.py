@@ -13,7 +13,7 @@ from services.runtime.backoff import backoff_delays
 from services.runtime.errors import is_transient
 from services.runtime.settings import ServiceSettings
 
-__all__ = ["Connection", "Pool", "connect_pool"]
+__all__ = ["Connection", "Pool", "connect_pool", "init_connection"]
 
 log = logging.getLogger(__name__)
 Pool = asyncpg.Pool
@@ -27,7 +27,8 @@ else:
     Connection = asyncpg.Connection
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """What every connection of a service gets: JSON codecs for ``json`` and ``jsonb``."""
     for type_name in ("json", "jsonb"):
         await conn.set_type_codec(
             type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
@@ -43,7 +44,7 @@ async def connect_pool(settings: ServiceSettings) -> asyncpg.Pool:
                 settings.dsn,
                 min_size=settings.db_pool_min,
                 max_size=settings.db_pool_max,
-                init=_init_connection,
+                init=init_connection,
                 timeout=5,
                 # Short statements: compiling a plan with LLVM costs more than running it
                 # (20-140 ms on the findings totals query, for a few ms of execution).

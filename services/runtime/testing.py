@@ -29,6 +29,7 @@ from contracts.events import DatasetFinding, FindingReason, FindingStatus, Sever
 from services.runtime import devstack, embedded
 from services.runtime.auth import DevKeys, write_dev_keys
 from services.runtime.migrate import upgrade
+from services.runtime.settings import ServiceSettings
 
 __all__ = [
     "DevKeys",
@@ -138,6 +139,11 @@ class ServiceProcess:
             **self.extra_env,
         }
 
+    def consumer_group(self, topic: str) -> str:
+        """This service's consumer group on ``topic``, as the service names it."""
+        settings = ServiceSettings(service_name=self.name, kafka_group_prefix=self.group_prefix)
+        return settings.consumer_group(topic)
+
     async def caught_up(self, *topics: str) -> bool:
         """Whether this service has committed the end offset of every partition of
         ``topics``. It commits an offset only after the transaction that handled the
@@ -149,7 +155,7 @@ class ServiceProcess:
         try:
             await consumer.topics()  # metadata of every topic
             for topic in topics:
-                group = f"{self.group_prefix}.{self.name}.{topic}"
+                group = self.consumer_group(topic)
                 partitions = [
                     TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()
                 ]

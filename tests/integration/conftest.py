@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from services.runtime.db import init_connection
 from services.runtime.embedded import database_url_for
 from services.runtime.testing import (
     PostgresProxy,
@@ -90,10 +90,7 @@ async def registry_conn(make_database: Callable[[str], str]) -> AsyncIterator[as
     database = make_database("registry_storage")
     migrate_service("registry", database)
     connection = await asyncpg.connect(database)
-    for type_name in ("json", "jsonb"):
-        await connection.set_type_codec(
-            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
-        )
+    await init_connection(connection)
     try:
         yield connection
     finally:

@@ -326,7 +326,7 @@ async def test_bad_messages_are_dead_lettered_once_and_the_consumer_goes_on(
             assert time.monotonic() < deadline, f"{reader.name} never got past the records"
             await asyncio.sleep(0.2)
 
-    groups = {f"{r.group_prefix}.{r.name}.{topic}": r.name for r in readers}
+    groups = {r.consumer_group(topic): r.name for r in readers}
     dead = await collect(
         kafka_bootstrap,
         case.topic.dlq,

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 import asyncpg
-import pytest
 
 from contracts.events import ConsentEvent, ConsentEvidence, ConsentMechanism, ConsentState
 from services.registry.adapters.repository import RegistryRepository
@@ -32,11 +31,6 @@ def consent(subject: str, n: int, categories: tuple[str, ...]) -> ConsentEvent:
     )
 
 
-@pytest.fixture
-def conn(registry_conn: asyncpg.Connection) -> asyncpg.Connection:
-    return registry_conn
-
-
 ROW = (
     "SELECT subject_id, purpose, data_categories, state, effective_at, recorded_at,"
     " event::text AS event FROM consent_projection WHERE consent_event_id = $1"
@@ -44,8 +38,9 @@ ROW = (
 
 
 async def test_batch_and_single_projection_store_the_same_rows_once(
-    conn: asyncpg.Connection,
+    registry_conn: asyncpg.Connection,
 ) -> None:
+    conn = registry_conn
     repo = RegistryRepository(conn)
     categories = [
         ("user.content",),
