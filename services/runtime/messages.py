@@ -37,6 +37,9 @@ class Event(Generic[T]):
     default). The same on every replay, unlike the consumer's clock."""
     headers: tuple[tuple[str, bytes], ...] = ()
     """The record's headers, its trace context among them (``consumer.continue_trace``)."""
+    value: bytes | None = None
+    """The record's body as consumed: the JSON ``body`` was validated from. A handler may
+    store it as is instead of serializing ``body`` again (the registry's projection)."""
 
     @property
     def id(self) -> str:

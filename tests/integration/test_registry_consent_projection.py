@@ -3,7 +3,7 @@ statement store the same rows, each event once, and give the events back unchang
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from uuid import uuid4
 
 import asyncpg
@@ -75,3 +75,35 @@ async def test_batch_and_single_projection_store_the_same_rows_once(
     assert [e for h in histories.values() for e in h] == sorted(
         events, key=lambda e: (e.subject_id, e.effective_at)
     )
+
+
+async def test_the_json_as_consumed_is_stored_as_is_and_reads_back_as_the_same_event(
+    registry_conn: asyncpg.Connection,
+) -> None:
+    """A producer's JSON need not be ours: other key order, spacing, escapes, offsets and
+    optional fields left out. The projection keeps its bytes, and reads them back as the
+    event the consumer validated."""
+    repo = RegistryRepository(registry_conn)
+    theirs = [consent("s-raw", n, ("user.content",)) for n in range(2)]
+    raw = [
+        (
+            '{ "evidence": {"collection_point": "settings \\u00e9\\ud83d\\ude00"},\n'
+            f'  "subject_id": "s-raw", "consent_event_id": "{e.consent_event_id}",'
+            f' "jurisdiction": "DE", "purpose": "{e.purpose}", "data_categories":'
+            f' ["user.content"], "state": "{e.state.value}", "mechanism": "opt_out",'
+            ' "policy_version": "1", "effective_at": "'
+            + e.effective_at.astimezone(timezone(timedelta(hours=2))).isoformat()
+            + f'", "recorded_at": "{e.recorded_at.isoformat()}", "source_system": "test" }}'
+        ).encode()
+        for e in theirs
+    ]
+    consumed = [ConsentEvent.model_validate_json(r) for r in raw]
+    assert consumed[0].evidence.collection_point == "settings \u00e9\U0001f600"
+
+    assert await repo.save_consents(consumed, raw) == consumed
+    for event, body in zip(consumed, raw, strict=True):
+        row = await registry_conn.fetchrow(ROW, event.consent_event_id)
+        assert row is not None
+        assert row["event"] == body.decode()
+        assert row["effective_at"] == event.effective_at
+    assert (await repo.histories(["s-raw"]))["s-raw"] == consumed

@@ -53,11 +53,22 @@ class RegistryRepository:
         )
         return bool(inserted)
 
-    async def save_consents(self, events: Sequence[ConsentEvent]) -> list[ConsentEvent]:
+    async def save_consents(
+        self, events: Sequence[ConsentEvent], as_consumed: Sequence[bytes | None] = ()
+    ) -> list[ConsentEvent]:
         """Project many consent events in one statement; returns those new to the projection,
-        each once, in order."""
+        each once, in order.
+
+        ``as_consumed``: each event's JSON as it came off the topic, ``events`` having been
+        validated from it. It is stored as is (``histories`` validates it again on every
+        read) instead of serializing each event again, which cost 3 µs of the ~60 µs the
+        registry spends on a consent event. Where absent, the event is serialized."""
         if not events:
             return []
+        bodies = [
+            raw.decode() if raw is not None else e.model_dump_json()
+            for e, raw in zip(events, as_consumed or [None] * len(events), strict=True)
+        ]
         rows = await self._conn.fetch(
             """
             INSERT INTO consent_projection (consent_event_id, subject_id, purpose,
@@ -80,7 +91,7 @@ class RegistryRepository:
             [e.state.value for e in events],
             [e.effective_at for e in events],
             [e.recorded_at for e in events],
-            [e.model_dump_json() for e in events],
+            bodies,
         )
         new = {row["consent_event_id"] for row in rows}
         fresh = []

@@ -35,7 +35,9 @@ async def on_consent_event(event: Event[ConsentEvent], uow: UnitOfWork) -> None:
 async def on_consent_events(events: Sequence[Event[ConsentEvent]], uow: UnitOfWork) -> None:
     """``on_consent_event`` for a fetched batch: one statement per step, not per event; the
     findings a subject's event changed carry that event's trace."""
-    new = await RegistryRepository(uow.connection).save_consents([e.body for e in events])
+    new = await RegistryRepository(uow.connection).save_consents(
+        [e.body for e in events], [e.value for e in events]
+    )
     fresh = {e.consent_event_id for e in new}
     causes: dict[str, Event[ConsentEvent]] = {}
     new_events: dict[str, list[ConsentEvent]] = {}
