@@ -73,7 +73,11 @@ class Decoder(Protocol):
         partition: int,
         offset: int,
         key: bytes | None,
-    ) -> Event[Any]: ...
+        logged_at: datetime | None = None,
+    ) -> Event[Any]:
+        """The event the record holds (keeping its headers, bytes and ``logged_at``), or
+        ``ContractViolation``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -363,30 +367,18 @@ async def _first_delivery(
 
 
 def _decode(sub: Subscription, record: ConsumerRecord[bytes, bytes]) -> Event[Any]:
-    event = sub.decoder(
+    return sub.decoder(
         sub.topic,
         value=record.value,
-        headers=list(record.headers or ()),
+        headers=record.headers or (),
         partition=record.partition,
         offset=record.offset,
         key=record.key,
-    )
-    logged_at = (
-        datetime.fromtimestamp(record.timestamp / 1000, UTC)
-        if record.timestamp is not None and record.timestamp > 0
-        else None
-    )
-    # Not dataclasses.replace: it re-reads the fields each call (2.5 µs a record).
-    return Event(
-        event.envelope,
-        event.body,
-        event.topic,
-        event.partition,
-        event.offset,
-        event.key,
-        logged_at,
-        tuple(record.headers or ()),
-        record.value,
+        logged_at=(
+            datetime.fromtimestamp(record.timestamp / 1000, UTC)
+            if record.timestamp is not None and record.timestamp > 0
+            else None
+        ),
     )
 
 
@@ -399,7 +391,7 @@ def continue_trace(event: Event[Any]) -> AbstractContextManager[Span]:
         event.topic,
         event.partition,
         event.offset,
-        list(event.headers),
+        event.headers,
     )
 
 
@@ -422,12 +414,12 @@ def _span(record: ConsumerRecord[bytes, bytes]) -> AbstractContextManager[Span]:
         record.topic,
         record.partition,
         record.offset,
-        list(record.headers or ()),
+        record.headers or (),
     )
 
 
 def _consumer_span(
-    name: str, topic: str, partition: int, offset: int, headers: list[tuple[str, bytes]]
+    name: str, topic: str, partition: int, offset: int, headers: Sequence[tuple[str, bytes | None]]
 ) -> AbstractContextManager[Span]:
     return tracer().start_as_current_span(
         name,

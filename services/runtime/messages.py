@@ -35,7 +35,7 @@ class Event(Generic[T]):
     """The record's Kafka timestamp: when the broker appended it (a topic with
     ``message.timestamp.type=LogAppendTime``) or when its producer created it (the
     default). The same on every replay, unlike the consumer's clock."""
-    headers: tuple[tuple[str, bytes], ...] = ()
+    headers: tuple[tuple[str, bytes | None], ...] = ()
     """The record's headers, its trace context among them (``consumer.continue_trace``)."""
     value: bytes | None = None
     """The record's body as consumed: the JSON ``body`` was validated from. A handler may
@@ -71,8 +71,11 @@ def decode_event(
     partition: int,
     offset: int,
     key: bytes | None,
+    logged_at: datetime | None = None,
 ) -> Event[BaseModel]:
-    """Validate headers and body against the topic's contract, or raise ContractViolation."""
+    """Validate headers and body against the topic's contract, or raise ContractViolation.
+
+    The event keeps the record's headers and bytes, and ``logged_at``, its Kafka time."""
     try:
         envelope = Envelope.from_headers(headers)
     except EnvelopeError as exc:
@@ -94,7 +97,9 @@ def decode_event(
         body = topic.model.model_validate_json(value)
     except ValidationError as exc:
         raise ContractViolation(_short(exc)) from exc
-    return Event(envelope, body, topic.name, partition, offset, key)
+    return Event(
+        envelope, body, topic.name, partition, offset, key, logged_at, tuple(headers), value
+    )
 
 
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")

@@ -121,6 +121,7 @@ def decode_openlineage(
     partition: int,
     offset: int,
     key: bytes | None,
+    logged_at: datetime | None = None,
 ) -> Event[ReceivedRunEvent]:
     """The transport sends bare JSON without CloudEvents headers: the body's digest is its id.
 
@@ -139,4 +140,6 @@ def decode_openlineage(
         source=str(body.producer),
         time=body.event_time if body.event_time.tzinfo else datetime.now(UTC),
     )
-    return Event(envelope, body, topic.name, partition, offset, key)
+    return Event(
+        envelope, body, topic.name, partition, offset, key, logged_at, tuple(headers), value
+    )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import datetime
+from typing import cast
 
 from contracts.envelope import Envelope, EnvelopeError
 from contracts.registration import (
@@ -34,6 +36,7 @@ def decode_registration(
     partition: int,
     offset: int,
     key: bytes | None,
+    logged_at: datetime | None = None,
 ) -> Event[RegistrationBody]:
     """The body ``ce_type`` announces, validated; the key must be its dataset version's key
     (what keeps one version's messages in order, in one partition)."""
@@ -53,6 +56,7 @@ def decode_registration(
         partition=partition,
         offset=offset,
         key=key,
+        logged_at=logged_at,
     )
     body = event.body
     assert isinstance(body, RegistrationOpened | RegistrationBatch | RegistrationSealed)
@@ -63,4 +67,4 @@ def decode_registration(
             f"key {shown!r} is not the dataset version's key {expected!r}: a registration's"
             " messages must share that key to stay in order in one partition"
         )
-    return Event(event.envelope, body, event.topic, partition, offset, key)
+    return cast(Event[RegistrationBody], event)
