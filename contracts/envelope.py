@@ -49,10 +49,16 @@ class Envelope(Contract):
     datacontenttype: Literal["application/json"] = CONTENT_TYPE
 
     @classmethod
-    def new(cls, *, type: str, source: str, subject: str | None = None) -> Envelope:
-        """A fresh envelope with a random id and the current time."""
+    def new(
+        cls, *, type: str, source: str, subject: str | None = None, id: str | None = None
+    ) -> Envelope:
+        """A fresh envelope at the current time, with ``id`` or else a random one."""
         return cls(
-            id=str(uuid4()), type=type, source=source, subject=subject, time=datetime.now(UTC)
+            id=id if id is not None else str(uuid4()),
+            type=type,
+            source=source,
+            subject=subject,
+            time=datetime.now(UTC),
         )
 
     def to_headers(self) -> Headers:

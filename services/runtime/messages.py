@@ -52,9 +52,7 @@ def encode_event(
     """Wrap a body in a CloudEvents binary-mode record carrying the current trace context."""
     if not isinstance(body, topic.model):
         raise TypeError(f"{topic.name} carries {topic.model.__name__}, not {type(body).__name__}")
-    envelope = Envelope.new(type=topic.event_type, source=source, subject=key)
-    if event_id is not None:
-        envelope = envelope.model_copy(update={"id": event_id})
+    envelope = Envelope.new(type=topic.event_type, source=source, subject=key, id=event_id)
     return OutboxMessage(
         topic=topic.name,
         key=key.encode(),
