@@ -48,7 +48,7 @@ test-unit: install  ## unit tests only (no broker, no database)
 lint: install  ## ruff and mypy, as CI runs them
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy contracts services
+	$(BIN)/mypy contracts services bench
 
 format: install
 	$(BIN)/ruff check --fix .

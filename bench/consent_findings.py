@@ -658,10 +658,11 @@ async def postgres_yardstick(dsn: str, events: Sequence[ConsentEvent]) -> Row:
         statements = []
         for start in range(0, len(events), BATCH):
             chunk = events[start : start + BATCH]
-            project = await statement_of(
-                lambda c, chunk=chunk: RegistryRepository(c).save_consents(chunk)
-            )
-            statements.append(project)
+
+            def project(c: Any, chunk: Sequence[ConsentEvent] = chunk) -> Awaitable[object]:
+                return RegistryRepository(c).save_consents(chunk)
+
+            statements.append(await statement_of(project))
         started = time.perf_counter()
         for project_sql, project_args in statements:
             async with conn.transaction():
@@ -950,7 +951,7 @@ async def where_time_goes(
         await drained(pool, log)
         await autovacuum_stand_in(pool)
         now = datetime.now(UTC)
-        batches = {
+        batches: dict[str, Callable[[int], list[Message]]] = {
             "grants": lambda part: encode(
                 [consent_event(s, True, GRANTED_AT) for s in subjects.sample(BATCH)]
             ),
@@ -980,7 +981,7 @@ async def where_time_goes(
                 consumer_batch(pool, subscription, first, False),
                 consumer_batch(pool, subscription, second, False),
             )
-            both = {
+            both: Row = {
                 "wall_ms": (time.perf_counter() - started) * 1e3,
                 "batch_wall_ms": [b["wall_ms"] for b in pair],
                 "lock_versions_ms": [

@@ -87,7 +87,7 @@ from services.lineage.service.graph import lineage_graph
 from services.lineage.service.graph_cache import GraphCache
 from services.lineage.service.handlers import on_finding
 from services.runtime import embedded
-from services.runtime.db import _init_connection
+from services.runtime.db import Connection, init_connection
 from services.runtime.messages import Event
 from services.runtime.testing import ServiceProcess, dataset_finding, migrate_service
 from services.runtime.unit_of_work import unit_of_work
@@ -312,7 +312,7 @@ class Bench:
 
 async def connect(dsn: str) -> asyncpg.Connection:
     conn = await asyncpg.connect(dsn)
-    await _init_connection(conn)
+    await init_connection(conn)
     return conn
 
 
@@ -343,6 +343,7 @@ async def build_graph(dsn: str, args: argparse.Namespace, log: Callable[[str], N
             " (SELECT count(*) FROM lineage_edges) AS edges,"
             " (SELECT count(*) FROM lineage_nodes WHERE is_model) AS models"
         )
+        assert counts is not None
         sizes = {r["relname"]: r["bytes"] // 1048576 for r in await conn.fetch(SIZES_SQL)}
         return {
             "build_s": built,
@@ -615,7 +616,7 @@ async def writer_compare(dsn: str, starts: Sequence[Start], runs: int) -> Row:
     """The service's copy loaded here, each answer written by the compiled writer and by the
     Python one (``GraphIndex.accelerated``), timed alone (no HTTP, no catch-up query; this
     process's collector frozen as the service's is), K runs; and their bytes compared."""
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1, init=_init_connection)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1, init=init_connection)
     try:
         cache = GraphCache(pool, max_versions=10**7)
         await cache._reload()  # the service's own load, without its task
@@ -742,7 +743,7 @@ async def marquez_compare(
     return {"timeout_s": timeout_s, "rows": rows}
 
 
-async def old_downstream_edges(conn: asyncpg.Connection, start: Start) -> list[LineageEdge]:
+async def old_downstream_edges(conn: Connection, start: Start) -> list[LineageEdge]:
     rows = await conn.fetch(
         OLD_DOWNSTREAM_EDGES_SQL, start.namespace, start.name, start.version, MAX_DEPTH
     )
@@ -757,7 +758,7 @@ async def old_downstream_edges(conn: asyncpg.Connection, start: Start) -> list[L
 
 
 async def propagation(dsn: str, start: Start, runs: int, log: Callable[[str], None]) -> Row:
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, init=_init_connection)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, init=init_connection)
     out: Row = {"start": start.key, "runs": []}
     try:
         async with pool.acquire() as conn:
@@ -882,7 +883,8 @@ async def measure(bench: Bench, args: argparse.Namespace, log: Callable[[str], N
             )
         result["http"][direction] = median_buckets(runs_http)
         result["http_sql"][direction] = median_buckets(runs_http_sql)
-        result["http"][direction]["_body_kb_p50"] = quantile(body_sizes, 0.5) / 1024
+        body_p50 = quantile(body_sizes, 0.5)
+        result["http"][direction]["_body_kb_p50"] = None if body_p50 is None else body_p50 / 1024
         result["sql"][direction] = {
             "whole": median_buckets(runs_sql),
             "walk": median_buckets(runs_walk),
