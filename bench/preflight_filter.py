@@ -66,6 +66,7 @@ from services.registry.adapters.repository import RegistryRepository
 from services.registry.domain.ndjson import NdjsonFramer
 from services.registry.domain.preflight import DecisionCache, FilterSummary, readings_in_force
 from services.registry.domain.snapshots import RecordRow, parse_record_lines
+from services.runtime.db import init_connection
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FILTER = "/api/v1/eligibility/filter"
@@ -156,10 +157,7 @@ async def project(
     """Write the projections with the registry's own repository (as its consumers would)."""
     conn = await asyncpg.connect(dsn)
     try:
-        for type_name in ("json", "jsonb"):  # as the service's pool does
-            await conn.set_type_codec(
-                type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
-            )
+        await init_connection(conn)  # as the service's pool does
         repo = RegistryRepository(conn)
         async with conn.transaction():
             for document in documents:
