@@ -52,15 +52,17 @@ from _common import (
     run_meta,
     summary_ms,
 )
+from _load_http import HttpError, LoadClient
 
 from contracts.topics import CONSENT_EVENTS, FINDINGS, MODEL_FLAGS
 from services.runtime.walkthrough import (
+    WITHDRAWAL_PATH,
     Stack,
     _ol_dataset,
     policy_known_to_registry,
     poll,
     publish_policy,
-    withdraw,
+    withdrawal,
 )
 
 CONSENT_TOPIC = CONSENT_EVENTS.name
@@ -165,21 +167,21 @@ class Intake:
 
 
 async def post_withdrawals(
-    client: httpx.AsyncClient,
-    stack: Stack,
-    subjects: Sequence[str],
-    rate: float,
-    concurrency: int,
+    stack: Stack, subjects: Sequence[str], rate: float, concurrency: int
 ) -> Intake:
-    """Open loop: request ``i`` is due at ``start + i / rate``, ``concurrency`` in flight."""
+    """Open loop: request ``i`` is due at ``start + i / rate``, ``concurrency`` in flight.
+
+    Sent with ``LoadClient``, not httpx: httpx's pool cost the bench 5-10 ms of CPU per
+    withdrawal (see ``_load_http``), taken from the stack it measures."""
     intake = Intake()
     slots = asyncio.Semaphore(concurrency)
+    client = LoadClient(stack.consent, concurrency)
 
     async def one(subject: str) -> None:
         sent = time.perf_counter()
         try:
-            await withdraw(client, stack, subject)
-        except (httpx.HTTPError, KeyError) as exc:
+            await client.post_json(WITHDRAWAL_PATH, withdrawal(subject))
+        except (HttpError, OSError) as exc:
             intake.failed.append(f"{subject}: {exc!r}")
         else:
             intake.accepted.append(subject)
@@ -201,6 +203,7 @@ async def post_withdrawals(
         intake.last_sent = now
         tasks.append(asyncio.create_task(one(subject)))
     await asyncio.gather(*tasks)
+    await client.close()
     return intake
 
 
@@ -321,7 +324,7 @@ async def timed_run(
     cpu: CpuMeter,
 ) -> Row:
     cpu_before = await cpu.sample()
-    intake = await post_withdrawals(client, stack, subjects, args.rate, args.concurrency)
+    intake = await post_withdrawals(stack, subjects, args.rate, args.concurrency)
     expected = flags_before + len(intake.accepted)
     timeout = 60 + DRAIN_S_PER_WITHDRAWAL * len(subjects)
     flags_now, complete = await wait_for_count(
@@ -413,7 +416,7 @@ async def _measure_on_stack(
     await report_training_run(client, stack, bench.tag, datasets)
 
     log(f"warm-up: {warmup} withdrawals (topics, consumer groups, connection pools) …")
-    warm = await post_withdrawals(client, stack, subjects[:warmup], 20, 8)
+    warm = await post_withdrawals(stack, subjects[:warmup], 20, 8)
     flags, ok = await wait_for_count(
         pools["lineage"], "SELECT count(*) FROM model_flags", len(warm.accepted), 120
     )

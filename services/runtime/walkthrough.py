@@ -149,23 +149,28 @@ def _ol_dataset(ref: dict[str, str], kind: str) -> dict[str, Any]:
     }
 
 
+WITHDRAWAL_PATH = "/api/v1/consent-events"
+
+
+def withdrawal(subject_id: str) -> dict[str, Any]:
+    """The consent API's body for the subject's opt-out from AI training, effective now."""
+    return {
+        "subject_id": subject_id,
+        "jurisdiction": "US",
+        "purpose": "ai.training",
+        "data_categories": ["user.content"],
+        "state": "withdrawn",
+        "mechanism": "opt_out",
+        "policy_version": "1",
+        "effective_at": datetime.now(UTC).isoformat(),
+        "source_system": "settings",
+        "evidence": {"collection_point": "settings/data-for-generative-ai", "channel": "web"},
+    }
+
+
 async def withdraw(client: httpx.AsyncClient, stack: Stack, subject_id: str) -> str:
     """Withdraw the subject's consent; returns the request's trace id."""
-    response = await client.post(
-        f"{stack.consent}/api/v1/consent-events",
-        json={
-            "subject_id": subject_id,
-            "jurisdiction": "US",
-            "purpose": "ai.training",
-            "data_categories": ["user.content"],
-            "state": "withdrawn",
-            "mechanism": "opt_out",
-            "policy_version": "1",
-            "effective_at": datetime.now(UTC).isoformat(),
-            "source_system": "settings",
-            "evidence": {"collection_point": "settings/data-for-generative-ai", "channel": "web"},
-        },
-    )
+    response = await client.post(f"{stack.consent}{WITHDRAWAL_PATH}", json=withdrawal(subject_id))
     response.raise_for_status()
     return response.headers["traceparent"].split("-")[1]
 
