@@ -228,8 +228,9 @@ async def path_timestamps(pools: dict[str, asyncpg.Pool], subjects: Sequence[str
     """Per withdrawal of ``subjects``: the timestamps each service recorded along the path.
 
     consent recorded_at (consent process clock, at intake) → consent outbox published_at
-    (relay claim) → registry inbox processed_at (handler transaction start) → registry outbox
-    published_at of the finding → lineage inbox processed_at → model_flags.recorded_at.
+    (relay claim) → the finding's recorded_at (the registry handler's transaction start; the
+    registry keeps no inbox row for a consent event, ``Subscription.deduplicates``) → registry
+    outbox published_at of the finding → lineage inbox processed_at → model_flags.recorded_at.
     Postgres ``now()`` is the transaction start; all clocks are the same host's.
     """
     consent = await pools["consent"].fetch(
@@ -243,26 +244,32 @@ async def path_timestamps(pools: dict[str, asyncpg.Pool], subjects: Sequence[str
         CONSENT_TOPIC,
     )
     ids = [r["id"] for r in consent]
+    # A finding's message id names the finding and its state's number (registry
+    # ``_publish``): the first message whose body is the finding is the one lineage flagged.
     registry = await pools["registry"].fetch(
         f"""
-        SELECT f.body->'cause_event_ids'->>0 AS cause, f.finding_id::text AS finding,
-               i.processed_at AS handled_at, o.published_at
+        SELECT DISTINCT ON (f.finding_id)
+               f.body->'cause_event_ids'->>0 AS cause, f.finding_id::text AS finding,
+               f.recorded_at AS handled_at, o.published_at, {_CE_ID} AS message
         FROM findings f
-        LEFT JOIN inbox i ON i.event_id = f.body->'cause_event_ids'->>0
-        LEFT JOIN outbox o ON o.topic = $2 AND {_CE_ID} = f.finding_id::text
+        LEFT JOIN outbox o ON o.topic = $2
+             AND convert_from(o.value, 'UTF8')::jsonb->>'finding_id' = f.finding_id::text
         WHERE f.body->'cause_event_ids'->>0 = ANY($1::text[])
+        ORDER BY f.finding_id, o.id
         """,
         ids,
         FINDINGS_TOPIC,
     )
-    findings = [r["finding"] for r in registry]
     lineage = await pools["lineage"].fetch(
         """
-        SELECT f.finding_id::text AS finding, f.recorded_at, i.processed_at AS handled_at
-        FROM model_flags f LEFT JOIN inbox i ON i.event_id = f.finding_id::text
-        WHERE f.finding_id::text = ANY($1::text[])
+        SELECT m.finding, min(f.recorded_at) AS recorded_at, min(i.processed_at) AS handled_at
+        FROM unnest($1::text[], $2::text[]) AS m(finding, message)
+        JOIN model_flags f ON f.finding_id::text = m.finding
+        LEFT JOIN inbox i ON i.event_id = m.message
+        GROUP BY m.finding
         """,
-        findings,
+        [r["finding"] for r in registry],
+        [r["message"] for r in registry],
     )
     by_cause = {r["cause"]: r for r in registry}
     by_finding = {r["finding"]: r for r in lineage}
