@@ -31,12 +31,10 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 from _common import (
     bench_run,
     drop_and_stop,
@@ -49,29 +47,15 @@ from _common import (
     summary_ms,
     write_result,
 )
+from _load_http import HttpError, LoadClient
 
 from services.runtime import embedded
 from services.runtime.testing import ServiceProcess, migrate_service
+from services.runtime.walkthrough import WITHDRAWAL_PATH, withdrawal
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 Row = dict[str, Any]
-
-
-def change(subject: str) -> Row:
-    """The walkthrough's withdrawal (``walkthrough.withdraw``), for one subject."""
-    return {
-        "subject_id": subject,
-        "jurisdiction": "US",
-        "purpose": "ai.training",
-        "data_categories": ["user.content"],
-        "state": "withdrawn",
-        "mechanism": "opt_out",
-        "policy_version": "1",
-        "effective_at": datetime.now(UTC).isoformat(),
-        "source_system": "settings",
-        "evidence": {"collection_point": "settings/data-for-generative-ai", "channel": "web"},
-    }
 
 
 @dataclass
@@ -134,11 +118,11 @@ class Bench:
         drop_and_stop(self.server_url, self.databases, self.broker)
 
 
-async def run_mode(
-    client: httpx.AsyncClient, url: str, mode: Mode, tag: str, pid: int, db: asyncpg.Pool
-) -> Row:
-    """One timed run of a mode on fresh subjects."""
+async def run_mode(url: str, mode: Mode, tag: str, pid: int, db: asyncpg.Pool) -> Row:
+    """One timed run of a mode on fresh subjects, sent with ``LoadClient`` (httpx's pool
+    cost more CPU per request than the service, on the same two cores)."""
     slots = asyncio.Semaphore(mode.concurrency)
+    client = LoadClient(url, mode.concurrency)
     latencies: list[float] = []
     failures: list[str] = []
     recorded = 0
@@ -148,16 +132,16 @@ async def run_mode(
         nonlocal recorded
         async with slots:
             base = f"bench-{tag}-{run_id}-{index:06d}"
+            body: Row
             if mode.batch:
-                body = {"changes": [change(f"{base}-{i:04d}") for i in range(mode.batch)]}
-                target, headers = f"{url}/api/v1/consent-events/batch", {"Idempotency-Key": base}
+                body = {"changes": [withdrawal(f"{base}-{i:04d}") for i in range(mode.batch)]}
+                target, headers = f"{WITHDRAWAL_PATH}/batch", {"Idempotency-Key": base}
             else:
-                body, target, headers = change(base), f"{url}/api/v1/consent-events", {}
+                body, target, headers = withdrawal(base), WITHDRAWAL_PATH, {}
             sent = time.perf_counter()
             try:
-                response = await client.post(target, json=body, headers=headers)
-                response.raise_for_status()
-            except httpx.HTTPError as exc:
+                await client.post_json(target, body, headers)
+            except (HttpError, OSError) as exc:
                 failures.append(repr(exc)[:200])
                 return
             latencies.append(time.perf_counter() - sent)
@@ -168,6 +152,7 @@ async def run_mode(
     started = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(mode.requests)))
     wall = time.perf_counter() - started
+    await client.close()
     cpu_after = process_cpu_s(pid)
     drained = await wait_relay(db, outbox_before, recorded, started + wall)
     cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
@@ -214,27 +199,21 @@ async def measure(bench: Bench, args: argparse.Namespace, log: Callable[[str], N
         Mode("batch 100", 100, max(1, args.batch_events // 100), args.batch_concurrency),
         Mode("batch 1000", 1000, max(1, args.batch_events // 1000), args.batch_concurrency),
     ]
-    limits = httpx.Limits(
-        max_connections=args.concurrency,
-        max_keepalive_connections=args.concurrency,
-        keepalive_expiry=2.0,
-    )
     db = await asyncpg.create_pool(bench.url("consent"), min_size=1, max_size=2)
     results: dict[str, list[Row]] = {m.name: [] for m in modes}
     try:
-        async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-            log("warm-up …")
-            await run_mode(client, service.url, Mode("warm-up", 0, 200, 8), bench.tag, 0, db)
-            await run_mode(client, service.url, Mode("warm-up", 100, 4, 2), bench.tag, 0, db)
-            for run in range(1, args.runs + 1):
-                for mode in modes:  # interleaved, so that drift hits every mode alike
-                    log(f"run {run}/{args.runs}: {mode.name} ({mode.events} events) …")
-                    row = await run_mode(client, service.url, mode, bench.tag, service.proc.pid, db)
-                    results[mode.name].append(row)
-                    log(
-                        f"  {row['events_per_s']:,.0f} events/s,"
-                        f" p50 {row['request_ms']['p50'] or 0:,.1f} ms, {row['failed']} failed"
-                    )
+        log("warm-up …")
+        await run_mode(service.url, Mode("warm-up", 0, 200, 8), bench.tag, 0, db)
+        await run_mode(service.url, Mode("warm-up", 100, 4, 2), bench.tag, 0, db)
+        for run in range(1, args.runs + 1):
+            for mode in modes:  # interleaved, so that drift hits every mode alike
+                log(f"run {run}/{args.runs}: {mode.name} ({mode.events} events) …")
+                row = await run_mode(service.url, mode, bench.tag, service.proc.pid, db)
+                results[mode.name].append(row)
+                log(
+                    f"  {row['events_per_s']:,.0f} events/s,"
+                    f" p50 {row['request_ms']['p50'] or 0:,.1f} ms, {row['failed']} failed"
+                )
         rows_in_ledger = await db.fetchval("SELECT count(*) FROM consent_events")
     finally:
         await db.close()
