@@ -1,14 +1,18 @@
-"""A lean HTTP/1.1 client for load generators: POST JSON over kept-alive connections.
+"""A lean HTTP/1.1 client for the benchmarks: requests over kept-alive connections.
 
-httpx spent 5-10 ms of the bench process's CPU per withdrawal at 60-95 withdrawals/s with 64
-requests in flight (half a CPU, more than any service it measured): its connection pool
-looks at every connection for every request (``httpcore`` ``_assign_requests_to_connections``
-and ``is_idle``, 1.7 million calls for 1,000 requests under cProfile). On a 2-core machine a
-load generator that heavy takes its CPU from the system it measures.
+Two reasons not to use httpx in a benchmark's client:
+
+- as a load generator (``withdrawal_latency.py``, ``consent_intake.py``): its connection
+  pool looks at every connection for every request (``httpcore``
+  ``_assign_requests_to_connections`` and ``is_idle``, 1.7 million calls for 1,000 requests
+  under cProfile). With 64 requests in flight the bench process spent 5-10 ms of CPU per
+  withdrawal, half a CPU, more than any service it measured, and could not send faster than
+  60-95 withdrawals/s: on two cores it took its CPU from the system under test;
+- as a timer (``lineage_graph.py``): its own parsing added 2-10 ms to a body of several MB.
 
 This client keeps idle connections in a list, writes the request bytes and reads the status
 line, the headers and a ``Content-Length`` body. Nothing more: no TLS, no redirects, no
-chunked bodies (uvicorn answers JSON with a length), no proxy. For benchmarks only.
+chunked bodies (uvicorn answers with a length), no proxy.
 """
 
 from __future__ import annotations
@@ -16,17 +20,20 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
-__all__ = ["HttpError", "LoadClient"]
+__all__ = ["HttpError", "LoadClient", "Response"]
+
+Response = tuple[int, dict[str, str], bytes]
+"""Status, headers (lower-case names), body."""
 
 
 class HttpError(Exception):
-    """A non-2xx answer, or a connection that broke mid-request."""
+    """A non-2xx answer to ``post_json``, or a connection that broke mid-request."""
 
 
 class LoadClient:
-    def __init__(self, base_url: str, max_connections: int) -> None:
+    def __init__(self, base_url: str, max_connections: int = 1) -> None:
         url = urlsplit(base_url)
         if url.scheme != "http" or url.hostname is None:
             raise ValueError(f"plain http://host:port only, not {base_url!r}")
@@ -35,27 +42,41 @@ class LoadClient:
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self._slots = asyncio.Semaphore(max_connections)
 
+    async def get(self, path: str, params: dict[str, str] | None = None) -> Response:
+        """GET ``path`` with ``params`` as its query, whatever the status."""
+        return await self.request("GET", f"{path}?{urlencode(params)}" if params else path)
+
     async def post_json(
         self, path: str, body: Any, headers: dict[str, str] | None = None
-    ) -> tuple[int, dict[str, str], bytes]:
-        """POST ``body`` as JSON; (status, headers with lower-case names, body bytes).
-        Raises ``HttpError`` for a status outside 2xx."""
-        payload = json.dumps(body).encode()
-        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
-        request = (
-            f"POST {path} HTTP/1.1\r\nHost: {self._host}:{self._port}\r\n{extra}"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
-        ).encode() + payload
-        async with self._slots:
-            status, headers, content = await self._exchange(request)
-        if not 200 <= status < 300:
-            raise HttpError(f"{status}: {content[:200]!r}")
-        return status, headers, content
+    ) -> Response:
+        """POST ``body`` as JSON; ``HttpError`` for a status outside 2xx."""
+        response = await self.request(
+            "POST",
+            path,
+            json.dumps(body).encode(),
+            {"Content-Type": "application/json", **(headers or {})},
+        )
+        if not 200 <= response[0] < 300:
+            raise HttpError(f"{response[0]}: {response[2][:200]!r}")
+        return response
 
-    async def _exchange(self, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    async def request(
+        self, method: str, target: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> Response:
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {self._host}:{self._port}"]
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        if body or method not in ("GET", "HEAD"):
+            lines.append(f"Content-Length: {len(body)}")
+        request = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+        async with self._slots:
+            return await self._exchange(request)
+
+    async def _exchange(self, request: bytes) -> Response:
         reused = bool(self._idle)
         reader, writer = (
-            self._idle.pop() if reused else await asyncio.open_connection(self._host, self._port)
+            self._idle.pop()
+            if reused
+            else await asyncio.open_connection(self._host, self._port, limit=2**20)
         )
         try:
             writer.write(request)

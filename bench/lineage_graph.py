@@ -17,7 +17,7 @@ the other benches (whose helpers it reuses). Then:
    version has ~10,000). 35 % of the versions past the second layer are models.
 2. **HTTP.** ``GET /api/v1/lineage/graph?nodeId=…&direction=downstream`` (then ``upstream``),
    default depth 20, for Q random versions, sequential on one keep-alive connection of a
-   minimal HTTP/1.1 client (``KeepAliveClient``; until 2026-11-26 httpx, whose own parsing
+   minimal HTTP/1.1 client (``_load_http.LoadClient``; until 2026-11-26 httpx, whose own parsing
    added 2-10 ms to bodies of several MB), after a warm-up; time = request sent → whole
    body received (not parsed). K runs; figures per
    size bucket of the answer (versions other than the start): p50/p99 of each run, then
@@ -55,7 +55,6 @@ import sys
 import tempfile
 import time
 import tracemalloc
-import urllib.parse
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -75,6 +74,7 @@ from _common import (
     server_version,
     write_result,
 )
+from _load_http import LoadClient
 
 from contracts.envelope import Envelope
 from contracts.topics import FINDINGS
@@ -420,43 +420,13 @@ class HttpRun:
     sources: set[str]
 
 
-class KeepAliveClient:
-    """A minimal HTTP/1.1 client on one keep-alive connection: GET, then the whole body
-    (``Content-Length``). Times what the service and the network take: a full client
-    (httpx) adds its own parsing, 2-10 ms for a body of several MB on this machine."""
-
-    def __init__(self, base_url: str) -> None:
-        parts = urllib.parse.urlsplit(base_url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-
-    async def get(self, path: str, params: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-        if self._streams is None:
-            self._streams = await asyncio.open_connection(self.host, self.port, limit=2**20)
-        reader, writer = self._streams
-        target = f"{path}?{urllib.parse.urlencode(params)}"
-        writer.write(f"GET {target} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-        status = int(head[0].split()[1])
-        headers = {
-            k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in head[1:] if h)
-        }
-        body = await reader.readexactly(int(headers["content-length"]))
-        return status, headers, body
-
-    async def close(self) -> None:
-        if self._streams is not None:
-            self._streams[1].close()
-            self._streams = None
-
-
 async def http_latency(
     base_url: str, starts: Sequence[Start], direction: str, warmup: int, as_of: str | None = None
 ) -> HttpRun:
     """Sequential GETs of every start on one keep-alive connection, whole bodies received."""
     out = HttpRun([], [], [], set())
     extra = {"asOf": as_of} if as_of else {}
-    client = KeepAliveClient(base_url)
+    client = LoadClient(base_url)
     try:
         for start in starts[:warmup]:
             await client.get(API, {"nodeId": start.key, "direction": direction, **extra})
