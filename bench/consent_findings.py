@@ -75,13 +75,14 @@ from _common import (
     load_average,
     machine_busy_s,
     median_of,
+    peak_rss_mib,
     postgres_server_url,
     process_cpu_s,
+    rss_mib,
     run_meta,
     write_result,
 )
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from snapshot_registration import peak_rss_mb, rss_mb
 
 from contracts.events import ConsentEvent, PolicyChange
 from contracts.policy import PolicyDocument
@@ -326,7 +327,7 @@ class Meter:
             "SELECT pid FROM pg_stat_activity WHERE datname = $1", self.database
         )
         return {
-            "procs": {name: _sum_cpu_s(pids) for name, pids in self.pids.items()},
+            "procs": {name: _summed(process_cpu_s, pids) for name, pids in self.pids.items()},
             "backends": {
                 r["pid"]: process_cpu_s(r["pid"]) for r in rows if r["pid"] not in self.own_backends
             },
@@ -353,17 +354,12 @@ class Meter:
         return out
 
 
-def _sum_cpu_s(pids: Sequence[int]) -> float | None:
-    """CPU seconds of several processes, None when any is unknown."""
-    times = [process_cpu_s(pid) for pid in pids]
-    return None if any(t is None for t in times) else sum(t for t in times if t is not None)
-
-
-def _sum_mb(measure: Callable[[int], float | None], pids: Sequence[int]) -> float | None:
-    """A memory figure summed over processes (the replicas' peaks need not coincide: their
-    sum is an upper bound of the peak together)."""
-    sizes = [measure(pid) for pid in pids]
-    return None if any(m is None for m in sizes) else sum(m for m in sizes if m is not None)
+def _summed(measure: Callable[[int], float | None], pids: Sequence[int]) -> float | None:
+    """A per-process figure (CPU seconds, MiB) summed over the registry's replicas; None when
+    any is unknown. For memory peaks the sum is an upper bound: the replicas' peaks need not
+    coincide."""
+    values = [measure(pid) for pid in pids]
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
 
 
 async def own_pool(dsn: str, meter: Meter | None = None, size: int = 2) -> asyncpg.Pool:
@@ -829,8 +825,8 @@ async def timed_run(ctx: Context, phase: str, number: int, events: Sequence[Cons
         "created": delta,
         "cpu_s": Meter.usage(cpu_before, cpu_consumed),
         "cpu_s_to_published": Meter.usage(cpu_before, cpu_published) if cpu_published else None,
-        "service_rss_mb": _sum_mb(rss_mb, ctx.service_pids),
-        "service_peak_rss_mb": _sum_mb(peak_rss_mb, ctx.service_pids),
+        "service_rss_mb": _summed(rss_mib, ctx.service_pids),
+        "service_peak_rss_mb": _summed(peak_rss_mib, ctx.service_pids),
     }
     cpu = result["cpu_s"]
     ctx.log(
@@ -1075,7 +1071,7 @@ async def measure(bench: Bench, args: argparse.Namespace, log: Callable[[str], N
     service_pids = await asyncio.to_thread(
         bench.start_services, dict(args.service_env), args.replicas
     )
-    rss_idle = _sum_mb(rss_mb, service_pids)
+    rss_idle = _summed(rss_mib, service_pids)
 
     scratch = await asyncpg.create_pool(bench.url("scratch"), min_size=1, max_size=2)
     pids: dict[str, Sequence[int]] = {"registry service": service_pids}
@@ -1170,8 +1166,8 @@ async def measure(bench: Bench, args: argparse.Namespace, log: Callable[[str], N
         "totals": final,
         "rss_mb": {
             "idle": rss_idle,
-            "peak": _sum_mb(peak_rss_mb, service_pids),
-            "at_end": _sum_mb(rss_mb, service_pids),
+            "peak": _summed(peak_rss_mib, service_pids),
+            "at_end": _summed(rss_mib, service_pids),
         },
     }
 

@@ -70,6 +70,7 @@ from _common import (
     load_average,
     postgres_server_url,
     quantile,
+    rss_mib,
     run_meta,
     server_version,
     write_result,
@@ -447,13 +448,6 @@ async def http_latency(
     return out
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 async def warm_copy(service: ServiceProcess, start: Start, log: Callable[[str], None]) -> Row:
     """Ask until the in-memory copy answers: how long it took to load, and the memory."""
     assert service.proc is not None
@@ -473,8 +467,8 @@ async def warm_copy(service: ServiceProcess, start: Start, log: Callable[[str], 
         "rss_after_mib": rss_mib(service.proc.pid),
     }
     log(
-        f"  copy loaded in {row['load_s']:.1f} s; service RSS {before:.0f} → "
-        f"{row['rss_after_mib']:.0f} MiB"
+        f"  copy loaded in {row['load_s']:.1f} s; service RSS {_f(before, 0)} → "
+        f"{_f(row['rss_after_mib'], 0)} MiB"
     )
     return row
 

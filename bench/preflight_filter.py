@@ -51,12 +51,14 @@ from _common import (
     CpuMeter,
     bench_run,
     load_average,
+    peak_rss_mib,
     postgres_server_url,
+    rss_mib,
     run_meta,
     server_version,
     write_result,
 )
-from snapshot_registration import Bench, peak_rss_mb, rss_mb
+from snapshot_registration import Bench
 
 from contracts.events import ConsentEvent, ConsentEvidence
 from contracts.policy import PolicyDocument
@@ -286,7 +288,7 @@ async def measure(bench: Bench, args: argparse.Namespace, log: Callable[[str], N
     service = await asyncio.to_thread(bench.start, dict(args.service_env))
     assert service.proc is not None
     pid = service.proc.pid
-    rss_idle = rss_mb(pid)
+    rss_idle = rss_mib(pid)
 
     log("projections: policies and consent events (untimed) …")
     event_count = await project(bench.url("registry"), documents, events)
@@ -354,7 +356,7 @@ async def measure(bench: Bench, args: argparse.Namespace, log: Callable[[str], N
             ]
             for mode, rs in runs.items()
         },
-        "rss_mb": {"idle": rss_idle, "peak": peak_rss_mb(pid), "at_end": rss_mb(pid)},
+        "rss_mb": {"idle": rss_idle, "peak": peak_rss_mib(pid), "at_end": rss_mib(pid)},
     }
 
 

@@ -60,7 +60,9 @@ from _common import (
     bench_run,
     drop_and_stop,
     load_average,
+    peak_rss_mib,
     postgres_server_url,
+    rss_mib,
     run_meta,
     server_version,
     summary_ms,
@@ -162,27 +164,6 @@ class Bench:
         if self.service is not None:
             self.service.stop()
         drop_and_stop(self.server_url, self.databases, self.broker)
-
-
-def peak_rss_mb(pid: int) -> float | None:
-    """``VmHWM`` (peak resident set) of a process, in MiB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 # ----------------------------------------------------------------------------- COPY alone
@@ -515,7 +496,7 @@ async def measure(bench: Bench, args: argparse.Namespace, log: Callable[[str], N
     service = await asyncio.to_thread(bench.start, dict(args.service_env))
     assert service.proc is not None
     pid = service.proc.pid
-    rss_idle = rss_mb(pid)
+    rss_idle = rss_mib(pid)
 
     log(f"COPY alone: {n:,} rows …")
     copy = await copy_alone(bench.url("scratch"), n, subjects)
@@ -553,7 +534,7 @@ async def measure(bench: Bench, args: argparse.Namespace, log: Callable[[str], N
                     client, meter, "chunked", "v2", upload_chunks, n, args.parallel
                 )
                 _log_phases(log, runs["chunked upload, records already registered"])
-            peak_after_registration = peak_rss_mb(pid)
+            peak_after_registration = peak_rss_mib(pid)
             volume, queries = (
                 await volume_and_queries(client, bench, args, n, subjects, log)
                 if args.memberships
@@ -583,8 +564,8 @@ async def measure(bench: Bench, args: argparse.Namespace, log: Callable[[str], N
         "rss_mb": {
             "idle": rss_idle,
             "peak_after_registration": peak_after_registration,
-            "peak_at_end": peak_rss_mb(pid),
-            "at_end": rss_mb(pid),
+            "peak_at_end": peak_rss_mib(pid),
+            "at_end": rss_mib(pid),
         },
         "volume": volume,
         "queries": queries,
