@@ -20,9 +20,10 @@ Measured on the project's Linux machine (x86_64, running as root):
   uses ``.dev/pgdata``); the server log is ``<data dir>/log``. Auth is ``trust``, user
   ``postgres``.
 * pgserver itself listens on a **Unix socket only** (``-h ""``). Its URL
-  (``postgresql://postgres:@/postgres?host=<dir>``) is rejected by pydantic's ``PostgresDsn``
-  (empty host), and the ``%2F``-encoded form is rejected by SQLAlchemy, so
-  :func:`start_pgserver` restarts it with ``pg_ctl`` on TCP 127.0.0.1:<free port>.
+  (``postgresql://postgres:@/postgres?host=<dir>``) was rejected by pydantic's ``PostgresDsn``
+  (empty host) when this was written, and the ``%2F``-encoded form is rejected by SQLAlchemy,
+  so :func:`start_pgserver` restarts it with ``pg_ctl`` on TCP 127.0.0.1:<free port>. The
+  settings accept the socket form since (``ServiceSettings.database_url``).
 * It does not refuse root -- PostgreSQL does, so as root pgserver (a) runs ``useradd pgserver``
   (a real system user is created on the machine, once; uid 1001 here), (b) runs
   ``initdb``/``pg_ctl``/``postgres`` as that user and chowns the data directory to it, and
@@ -573,8 +574,8 @@ def start_pgserver(data_dir: Path | str, port: int | None = None) -> EmbeddedPos
 
     Use it only when no PostgreSQL answers at ``DATABASE_URL``/127.0.0.1:5432. pgserver does the
     set-up (system user when root, permissions, ``initdb``) but starts PostgreSQL on a Unix
-    socket only, which pydantic's ``PostgresDsn`` (empty host) and SQLAlchemy (``%2F`` host)
-    cannot express; so that first server is stopped and PostgreSQL is started again with
+    socket only, which pydantic's ``PostgresDsn`` (empty host, since replaced) and SQLAlchemy
+    (``%2F`` host) could not express; so that first server is stopped and PostgreSQL is started again with
     ``pg_ctl`` on TCP ``127.0.0.1:<port>`` (a free port unless given; no Unix socket). The URL
     is then an ordinary ``postgresql://postgres@127.0.0.1:<port>/postgres``. A server already
     running on TCP in ``data_dir`` is reused. It outlives this process: stop it with

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qs, urlsplit
 
-from pydantic import Field, PostgresDsn, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ServiceSettings"]
@@ -21,7 +22,10 @@ class ServiceSettings(BaseSettings):
     http_port: int = Field(default=8000, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    database_url: PostgresDsn = PostgresDsn("postgresql://postgres@127.0.0.1:5432/postgres")
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    """A libpq URL: ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DB``, or for a Unix socket
+    ``postgresql://USER@/DB?host=/var/run/postgresql``. On the machine Postgres runs on,
+    the socket costs less CPU per round trip than TCP loopback (see the README)."""
     db_pool_min: int = Field(default=1, ge=0)
     db_pool_max: int = Field(default=10, ge=1)
 
@@ -121,17 +125,30 @@ class ServiceSettings(BaseSettings):
     """The key this service presents when it calls another service's API (lineage → registry:
     a key with role ``ml_reader``)."""
 
-    @field_validator("database_url", mode="before")
+    @field_validator("database_url")
     @classmethod
-    def _accept_driver_suffix(cls, value: object) -> object:
-        if isinstance(value, str):
-            return value.replace("postgresql+asyncpg://", "postgresql://", 1)
+    def _postgres_url(cls, value: str) -> str:
+        """A PostgreSQL URL naming a host or a socket directory (SQLAlchemy's
+        ``postgresql+asyncpg://`` is accepted and stored without the driver)."""
+        value = value.strip().replace("postgresql+asyncpg://", "postgresql://", 1)
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 -- parses it: a bad port raises here
+        except ValueError as exc:
+            raise ValueError(f"not a valid URL ({exc})") from None
+        if parts.scheme not in {"postgresql", "postgres"}:
+            raise ValueError("must start with postgresql:// (or postgres://)")
+        if not parts.hostname and not parse_qs(parts.query).get("host"):
+            raise ValueError(
+                "names no host: postgresql://USER@HOST:PORT/DB, or for a Unix socket"
+                " postgresql://USER@/DB?host=/socket/directory"
+            )
         return value
 
     @property
     def dsn(self) -> str:
         """The plain libpq URL asyncpg takes."""
-        return str(self.database_url)
+        return self.database_url
 
     def consumer_group(self, topic: str) -> str:
         """One group per (service, topic): subscribers never rebalance each other."""
