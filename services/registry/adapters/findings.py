@@ -107,9 +107,12 @@ class FindingStore:
         await self._conn.execute("SELECT pg_advisory_xact_lock_shared($1)", _GATE_LOCK)
 
     async def pass_gate(self) -> None:
-        """Wait for every consent transaction in flight (call outside a transaction)."""
-        await self._conn.execute("SELECT pg_advisory_lock($1)", _GATE_LOCK)
-        await self._conn.execute("SELECT pg_advisory_unlock($1)", _GATE_LOCK)
+        """Wait for every consent transaction in flight (call outside a transaction).
+
+        The exclusive lock is the transaction's, gone at its commit: nothing stays on the
+        session of a pooled connection (the pool does not reset sessions, ``db.py``)."""
+        async with self._conn.transaction():
+            await self._conn.execute("SELECT pg_advisory_xact_lock($1)", _GATE_LOCK)
 
     async def lock_versions(self, version_ids: Iterable[int]) -> None:
         await self._conn.execute(
