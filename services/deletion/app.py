@@ -23,6 +23,7 @@ from services.deletion.service.handlers import (
     on_consent_event,
     on_consent_events,
     on_model_flag,
+    on_model_flags,
     on_policy_change,
 )
 from services.deletion.service.webhooks import WEBHOOK_WORKER
@@ -36,7 +37,12 @@ SPEC = ServiceSpec(
     description="Deletion cases with deadlines, approvals, tasks and evidence.",
     migrations=Path(__file__).parent / "migrations" / "versions",
     subscriptions=(
-        Subscription(MODEL_FLAGS, on_model_flag, description="Model flags → destruction cases."),
+        Subscription(
+            MODEL_FLAGS,
+            on_model_flag,
+            batch_handler=on_model_flags,
+            description="Model flags → destruction cases.",
+        ),
         Subscription(POLICIES, on_policy_change, description="Policy versions projection."),
         Subscription(
             CONSENT_EVENTS,

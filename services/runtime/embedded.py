@@ -575,11 +575,11 @@ def start_pgserver(data_dir: Path | str, port: int | None = None) -> EmbeddedPos
     Use it only when no PostgreSQL answers at ``DATABASE_URL``/127.0.0.1:5432. pgserver does the
     set-up (system user when root, permissions, ``initdb``) but starts PostgreSQL on a Unix
     socket only, which pydantic's ``PostgresDsn`` (empty host, since replaced) and SQLAlchemy
-    (``%2F`` host) could not express; so that first server is stopped and PostgreSQL is started again with
-    ``pg_ctl`` on TCP ``127.0.0.1:<port>`` (a free port unless given; no Unix socket). The URL
-    is then an ordinary ``postgresql://postgres@127.0.0.1:<port>/postgres``. A server already
-    running on TCP in ``data_dir`` is reused. It outlives this process: stop it with
-    :meth:`EmbeddedPostgres.stop`. Server log: ``<data_dir>/log``. Raises
+    (``%2F`` host) could not express; so that first server is stopped and PostgreSQL is started
+    again with ``pg_ctl`` on TCP ``127.0.0.1:<port>`` (a free port unless given; no Unix
+    socket). The URL is then an ordinary ``postgresql://postgres@127.0.0.1:<port>/postgres``. A
+    server already running on TCP in ``data_dir`` is reused. It outlives this process: stop it
+    with :meth:`EmbeddedPostgres.stop`. Server log: ``<data_dir>/log``. Raises
     :class:`EmbeddedError` when ``pgserver`` is not installed or PostgreSQL does not start.
     """
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -19,6 +20,13 @@ __all__ = ["CaseRepository"]
 class CaseRepository:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+
+    async def existing(self, case_ids: Iterable[UUID]) -> set[UUID]:
+        """Which of these cases are already open (any state): one round trip for a batch."""
+        rows = await self._conn.fetch(
+            "SELECT case_id FROM cases WHERE case_id = ANY($1::uuid[])", list(case_ids)
+        )
+        return {r["case_id"] for r in rows}
 
     async def open(self, case: Case, trace_id: str | None) -> bool:
         """Insert the case unless its cause already opened one; True when new."""

@@ -7,19 +7,41 @@ from datetime import datetime
 
 from contracts.events import ConsentEvent, ModelFlag, PolicyChange
 from contracts.policy import PolicyDocument
+from services.deletion.adapters.repository import CaseRepository
 from services.deletion.domain.cases import case_for_erasure, case_for_flag
 from services.deletion.service.cases import open_case
 from services.runtime.consumer import continue_trace
 from services.runtime.messages import Event
 from services.runtime.unit_of_work import UnitOfWork
 
-__all__ = ["on_consent_event", "on_consent_events", "on_model_flag", "on_policy_change"]
+__all__ = [
+    "on_consent_event",
+    "on_consent_events",
+    "on_model_flag",
+    "on_model_flags",
+    "on_policy_change",
+]
 
 
 async def on_model_flag(event: Event[ModelFlag], uow: UnitOfWork) -> None:
     """A model flagged for destruction or retraining opens a case, once per model."""
-    if (case := case_for_flag(event.body)) is not None:
-        await open_case(uow, case)
+    await on_model_flags([event], uow)
+
+
+async def on_model_flags(events: Sequence[Event[ModelFlag]], uow: UnitOfWork) -> None:
+    """``on_model_flag`` for a fetched batch. Most flags are for a model whose case is
+    already open (every new finding on its data flags it again): those are found in one
+    query and skipped, instead of a failed insert each. A new case is opened in the trace
+    of the first flag that asked for it, with that flag in its scope, as one at a time."""
+    wanted = [(event, case) for event in events if (case := case_for_flag(event.body))]
+    if not wanted:
+        return
+    opened = await CaseRepository(uow.connection).existing({case.case_id for _, case in wanted})
+    for event, case in wanted:
+        if case.case_id not in opened:
+            opened.add(case.case_id)
+            with continue_trace(event):
+                await open_case(uow, case)
 
 
 async def on_consent_event(event: Event[ConsentEvent], uow: UnitOfWork) -> None:
