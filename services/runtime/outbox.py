@@ -165,8 +165,13 @@ class OutboxRelay:
             # First, so the gauges move on while publishing keeps failing (broker gone).
             self._last_backlog = now
             await self.measure_backlog()
-        if await self.relay_once():
+        _, more = await self._relay()
+        if more:
             return True
+        # After a partial claim that held nothing back, what had committed before it is
+        # published (or another relay's to publish), and whatever committed since has sent
+        # a NOTIFY, which wakes the next round. Claiming again at once would find nothing,
+        # for four round trips and a claim planned afresh, after every batch.
         now = time.monotonic()
         if now - self._last_purge > 60:
             await self.purge_published()
@@ -183,20 +188,31 @@ class OutboxRelay:
         and the other relay's next claim would then be held up by it in turn: two relays
         took turns, one batch per poll interval (``bench/consent_findings.py
         --replicas 2``: 10,000 findings published in 20 s instead of 2 s)."""
-        while True:
-            published, holder = await self._publish_claim()
-            if holder is None or not await self._waited_for(holder):
-                return published
+        published, _ = await self._relay()
+        return published
 
-    async def _publish_claim(self) -> tuple[int, int | None]:
-        """Publish what one claim may publish: (rows published, a row another relay holds
-        that kept every claimed row back, else None)."""
+    async def _relay(self) -> tuple[int, bool]:
+        """``relay_once``: (rows published, whether more may be pending: the claim was
+        full, or rows of it were held back behind another relay's)."""
+        while True:
+            claimed, published, holder = await self._publish_claim()
+            if not published and holder is not None:
+                if await self._waited_for(holder):
+                    continue
+                return 0, False  # that relay is stuck (broker down?): the usual sleep
+            return published, claimed >= self._settings.outbox_batch_size or holder is not None
+
+    async def _publish_claim(self) -> tuple[int, int, int | None]:
+        """Publish what one claim may publish: (rows claimed, rows published, the oldest
+        row another relay holds that kept claimed rows back, else None)."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(_FRESH_PLAN)
             claimed = await conn.fetch(_CLAIM, self._settings.outbox_batch_size)
             rows = [row for row in claimed if row["held_behind"] is None]
+            held = [row["held_behind"] for row in claimed if row["held_behind"] is not None]
+            holder = min(held, default=None)
             if not rows:
-                return 0, min((row["held_behind"] for row in claimed), default=None)
+                return len(claimed), 0, holder
             futures = [
                 await self._producer.send(
                     row["topic"],
@@ -213,7 +229,7 @@ class OutboxRelay:
             )
         for row in rows:
             metrics.OUTBOX_PUBLISHED.labels(row["topic"]).inc()
-        return len(rows), None
+        return len(claimed), len(rows), holder
 
     async def _waited_for(self, row_id: int) -> bool:
         """Wait (at most a poll interval) until the relay holding ``row_id`` is done."""

@@ -135,6 +135,44 @@ async def test_the_relay_wakes_on_notify_rather_than_waiting_for_its_poll(
         await relay.stop()
 
 
+class CountingRelay(OutboxRelay):
+    """Counts its claims (each one four round trips and a fresh plan)."""
+
+    claims = 0
+
+    async def _publish_claim(self) -> tuple[int, int, int | None]:
+        self.claims += 1
+        return await super()._publish_claim()
+
+
+async def test_after_a_partial_claim_the_relay_sleeps_until_the_next_notify(
+    pool: asyncpg.Pool, producer: AIOKafkaProducer, kafka_bootstrap: str
+) -> None:
+    """A claim that got fewer rows than a batch got everything committed before it; the
+    relay does not claim again to find nothing, yet a later commit still wakes it."""
+    topic = f"test.partial.{uuid.uuid4().hex[:8]}"
+    settings = ServiceSettings(outbox_batch_size=3, outbox_poll_interval_s=60)
+    relay = CountingRelay(pool, producer, settings)
+    await relay.start()
+    try:
+        await asyncio.sleep(1.0)  # started: one claim, nothing pending, asleep on its poll
+        assert relay.claims == 1
+        async with unit_of_work(pool, "/test") as uow:
+            for n in range(4):  # a full claim of 3, then a partial one of 1
+                uow.publish_raw(OutboxMessage(topic, b"k", f"first {n}".encode()))
+        await collect(kafka_bootstrap, topic, lambda r: True, expected=4, settle=0)
+        await asyncio.sleep(0.5)
+        assert relay.claims == 1 + 2
+        async with unit_of_work(pool, "/test") as uow:
+            uow.publish_raw(OutboxMessage(topic, b"k", b"later"))
+        records = await collect(kafka_bootstrap, topic, lambda r: True, expected=5, settle=0)
+        assert [r.value for r in records][-1] == b"later"
+        await asyncio.sleep(0.5)
+        assert relay.claims == 1 + 2 + 1
+    finally:
+        await relay.stop()
+
+
 async def test_the_backlog_gauges_say_how_much_waits_and_for_how_long(
     pool: asyncpg.Pool, producer: AIOKafkaProducer
 ) -> None:
