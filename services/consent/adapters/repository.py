@@ -12,12 +12,41 @@ from uuid import UUID
 from contracts.events import ConsentEvent
 from contracts.policy import PolicyDocument
 from services.runtime.db import Connection
+from services.runtime.outbox import OutboxMessage, and_publish, message_values
 
 __all__ = ["ConsentRepository", "StoredBatch"]
 
 _COLUMNS = """consent_event_id, subject_id, jurisdiction, purpose, data_categories, state,
     mechanism, policy_version, effective_at, recorded_at, source_system, evidence,
     erasure_requested"""
+
+
+_APPEND = f"""
+INSERT INTO consent_events ({_COLUMNS}, trace_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+ON CONFLICT (consent_event_id) DO NOTHING
+RETURNING true
+"""
+_APPEND_AND_PUBLISH = and_publish(_APPEND, 14)
+
+
+def _append_values(event: ConsentEvent, trace_id: str | None) -> tuple[Any, ...]:
+    return (
+        event.consent_event_id,
+        event.subject_id,
+        event.jurisdiction,
+        event.purpose,
+        list(event.data_categories),
+        event.state.value,
+        event.mechanism.value,
+        event.policy_version,
+        event.effective_at,
+        event.recorded_at,
+        event.source_system,
+        event.evidence.model_dump(mode="json"),
+        event.erasure_requested,
+        trace_id,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,27 +65,17 @@ class ConsentRepository:
 
     async def append(self, event: ConsentEvent, trace_id: str | None) -> bool:
         """Append the fact; False when an event with this id is already in the ledger."""
+        inserted = await self._conn.fetchval(_APPEND, *_append_values(event, trace_id))
+        return bool(inserted)
+
+    async def append_and_publish(
+        self, event: ConsentEvent, trace_id: str | None, message: OutboxMessage
+    ) -> bool:
+        """Append the fact and queue its message in one statement, outside any transaction
+        block (``outbox.and_publish``); False, and nothing written, when an event with this
+        id is already in the ledger."""
         inserted = await self._conn.fetchval(
-            f"""
-            INSERT INTO consent_events ({_COLUMNS}, trace_id)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-            ON CONFLICT (consent_event_id) DO NOTHING
-            RETURNING true
-            """,
-            event.consent_event_id,
-            event.subject_id,
-            event.jurisdiction,
-            event.purpose,
-            list(event.data_categories),
-            event.state.value,
-            event.mechanism.value,
-            event.policy_version,
-            event.effective_at,
-            event.recorded_at,
-            event.source_system,
-            event.evidence.model_dump(mode="json"),
-            event.erasure_requested,
-            trace_id,
+            _APPEND_AND_PUBLISH, *_append_values(event, trace_id), *message_values(message)
         )
         return bool(inserted)
 

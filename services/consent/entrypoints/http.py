@@ -43,6 +43,7 @@ from services.consent.service.handlers import (
     record_consent,
     record_consent_batch,
     record_gpc_signal,
+    record_new_consent,
 )
 from services.consent.service.views import (
     consent_history,
@@ -106,10 +107,17 @@ async def post_consent_event(
     change = body.to_change()
     gpc = _gpc_of_change(change, now, user_agent) if _gpc_sent(sec_gpc) else None
     try:
-        async with runtime.unit_of_work() as uow:
-            recorded = await record_consent(
-                uow, change, now=now, idempotency_key=idempotency_key, gpc=gpc
-            )
+        recorded = None
+        if gpc is None:  # the usual request: one statement, one round trip
+            async with runtime.pool.acquire() as conn:
+                recorded = await record_new_consent(
+                    conn, change, now=now, idempotency_key=idempotency_key, source=runtime.source
+                )
+        if recorded is None:  # a GPC signal, or a retry to compare with the first fact
+            async with runtime.unit_of_work() as uow:
+                recorded = await record_consent(
+                    uow, change, now=now, idempotency_key=idempotency_key, gpc=gpc
+                )
     except InvalidConsentChange as exc:
         raise HTTPException(422, str(exc)) from exc
     except IdempotencyConflict as exc:

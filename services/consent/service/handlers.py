@@ -23,7 +23,9 @@ from services.consent.domain.model import (
     record_change,
     record_gpc_withdrawals,
 )
+from services.runtime.db import Connection
 from services.runtime.errors import PermanentError
+from services.runtime.messages import encode_event
 from services.runtime.telemetry import current_trace_id
 from services.runtime.unit_of_work import UnitOfWork
 
@@ -36,6 +38,7 @@ __all__ = [
     "record_consent",
     "record_consent_batch",
     "record_gpc_signal",
+    "record_new_consent",
 ]
 
 
@@ -107,6 +110,28 @@ async def record_consent(
             effective_at_given=False,
         )
     return ConsentRecorded(event, created, signal)
+
+
+async def record_new_consent(
+    conn: Connection,
+    change: ConsentChange,
+    *,
+    now: datetime,
+    idempotency_key: str | None,
+    source: str,
+) -> ConsentRecorded | None:
+    """``record_consent`` without a GPC signal, for the usual case, a change the ledger
+    does not hold yet: the fact and its message in one statement, with no transaction
+    block around it (``ConsentRepository.append_and_publish``). None, with nothing
+    written, when the ledger holds its id already: a retry, which ``record_consent``
+    answers (the first fact, or a conflict)."""
+    event = record_change(change, now=now, idempotency_key=idempotency_key)
+    message = encode_event(
+        CONSENT_EVENTS, event, key=event.subject_id, source=source, event_id=_event_id(event)
+    )
+    if await ConsentRepository(conn).append_and_publish(event, current_trace_id(), message):
+        return ConsentRecorded(event, created=True)
+    return None
 
 
 async def record_consent_batch(
@@ -245,9 +270,12 @@ async def publish_policy(
 
 def _publish(uow: UnitOfWork, events: Sequence[ConsentEvent]) -> None:
     for event in events:
-        uow.publish(
-            CONSENT_EVENTS, event, key=event.subject_id, event_id=str(event.consent_event_id)
-        )
+        uow.publish(CONSENT_EVENTS, event, key=event.subject_id, event_id=_event_id(event))
+
+
+def _event_id(event: ConsentEvent) -> str:
+    """A consent event's message id is its ledger id: a retry publishes nothing new."""
+    return str(event.consent_event_id)
 
 
 def _same_request(
