@@ -43,7 +43,12 @@ SPEC = ServiceSpec(
             batch_handler=on_model_flags,
             description="Model flags → destruction cases.",
         ),
-        Subscription(POLICIES, on_policy_change, description="Policy versions projection."),
+        Subscription(
+            POLICIES,
+            on_policy_change,
+            background=True,
+            description="Policy versions projection.",
+        ),
         Subscription(
             CONSENT_EVENTS,
             on_consent_event,
@@ -53,6 +58,7 @@ SPEC = ServiceSpec(
         Subscription(
             TASK_RESULTS,
             on_task_result,
+            background=True,
             description="Executors' acknowledgements → task states, failure or verification.",
         ),
     ),

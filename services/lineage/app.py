@@ -29,12 +29,14 @@ SPEC = ServiceSpec(
         Subscription(
             DELETION_TASKS,
             on_deletion_task,
+            background=True,
             description="Deletion tasks for lineage → models destroyed/superseded, acknowledged.",
         ),
         Subscription(
             OPENLINEAGE,
             on_openlineage_event,
             decoder=decode_openlineage,
+            background=True,
             description="OpenLineage RunEvents as the Kafka transport writes them.",
         ),
         Subscription(

@@ -40,9 +40,15 @@ SPEC = ServiceSpec(
         Subscription(
             DELETION_TASKS,
             on_deletion_task,
+            background=True,
             description="Deletion tasks for the registry → purge, acknowledged.",
         ),
-        Subscription(POLICIES, on_policy_change, description="Policy versions projection."),
+        Subscription(
+            POLICIES,
+            on_policy_change,
+            background=True,
+            description="Policy versions projection.",
+        ),
         Subscription(
             CONSENT_EVENTS,
             on_consent_event,
@@ -54,6 +60,7 @@ SPEC = ServiceSpec(
             REGISTRATIONS,
             on_registration,
             decoder=decode_registration,
+            background=True,
             description="Dataset-version registration: opened, record batches, sealed.",
         ),
     ),

@@ -99,6 +99,10 @@ class Subscription:
     ``consent_event_id``). The inbox row would record the same fact a second time, at a
     third of the database's work per event, so none is written: a redelivery reaches the
     handlers. Dead letters are still recorded in the inbox."""
+    background: bool = False
+    """Off the latency-critical path (a withdrawal's way to a model flag): polled less
+    often (``KAFKA_BACKGROUND_FETCH_MAX_WAIT_MS``, ``KAFKA_BACKGROUND_POLL_TIMEOUT_MS``),
+    so an idle topic costs little; its records may wait a few hundred ms more."""
 
 
 class EventConsumer:
@@ -133,8 +137,16 @@ class EventConsumer:
             KafkaTopic(subscription.topic.name, num_partitions=subscription.topic.partitions),
             batch=True,
             max_records=s.kafka_max_poll_records,
-            batch_timeout_ms=s.kafka_poll_timeout_ms,
-            fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
+            batch_timeout_ms=(
+                s.kafka_background_poll_timeout_ms
+                if subscription.background
+                else s.kafka_poll_timeout_ms
+            ),
+            fetch_max_wait_ms=(
+                s.kafka_background_fetch_max_wait_ms
+                if subscription.background
+                else s.kafka_fetch_max_wait_ms
+            ),
             group_id=s.consumer_group(subscription.topic.name),
             ack_policy=AckPolicy.MANUAL,
             auto_offset_reset="earliest",

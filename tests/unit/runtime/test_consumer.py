@@ -254,6 +254,25 @@ async def test_subscribers_acknowledge_manually_in_a_group_per_topic() -> None:
     assert subscriber._connection_args["enable_auto_commit"] is False
 
 
+def test_background_subscriptions_poll_less_often_than_the_critical_path() -> None:
+    broker = KafkaBroker()
+    consumer = EventConsumer(SETTINGS, lambda: FakePool(), "/unit")  # type: ignore[arg-type, return-value]
+    consumer.register(broker, Subscription(CONSENT_EVENTS, Recorder()))
+    consumer.register(broker, Subscription(POLICIES, Recorder(), background=True))
+    polls = {
+        sub.topics[0].name: (sub.batch_timeout_ms, sub._connection_args["fetch_max_wait_ms"])
+        for sub in broker.subscribers
+    }
+    assert polls == {
+        CONSENT_EVENTS.name: (SETTINGS.kafka_poll_timeout_ms, SETTINGS.kafka_fetch_max_wait_ms),
+        POLICIES.name: (
+            SETTINGS.kafka_background_poll_timeout_ms,
+            SETTINGS.kafka_background_fetch_max_wait_ms,
+        ),
+    }
+    assert polls[POLICIES.name] > polls[CONSENT_EVENTS.name]
+
+
 def test_kafka_consumers_members_per_topic_no_more_than_its_partitions() -> None:
     """``KAFKA_CONSUMERS=4``: four members for a six-partition topic, one for the policies
     (one partition: a second member would only poll)."""
