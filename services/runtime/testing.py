@@ -13,14 +13,15 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -28,8 +29,13 @@ from contracts.base import DatasetRef
 from contracts.events import DatasetFinding, FindingReason, FindingStatus, Severity
 from services.runtime import devstack, embedded
 from services.runtime.auth import DevKeys, write_dev_keys
+from services.runtime.consumer import BatchHandler, EventHandler
+from services.runtime.db import connect_pool
+from services.runtime.messages import Event
 from services.runtime.migrate import upgrade
 from services.runtime.settings import ServiceSettings
+from services.runtime.telemetry import tracer
+from services.runtime.unit_of_work import unit_of_work
 
 __all__ = [
     "DevKeys",
@@ -38,6 +44,7 @@ __all__ = [
     "ServiceProcess",
     "StartService",
     "StartStack",
+    "batch_against_one_at_a_time",
     "collect",
     "dataset_finding",
     "header",
@@ -84,6 +91,46 @@ def migrate_service(name: str, database_url: str) -> None:
     versions = REPO_ROOT / "services" / name / "migrations" / "versions"
     with ThreadPoolExecutor(1) as pool:
         pool.submit(upgrade, versions, database_url, wait_s=10).result()
+
+
+T = TypeVar("T")
+
+
+async def batch_against_one_at_a_time(
+    make_database: Callable[[str], str],
+    service: str,
+    events: Sequence[Event[Any]],
+    *,
+    batch_handler: BatchHandler,
+    handler: EventHandler,
+    outcome: Callable[[asyncpg.Pool], Awaitable[T]],
+    before: Callable[[asyncpg.Pool], Awaitable[None]] | None = None,
+) -> tuple[T, T]:
+    """The same events handled by a subscription's batch handler (one unit of work) and by
+    its handler (one unit of work each), each on a fresh migrated database of ``service``
+    that ``before`` prepares: what ``outcome`` reads from each, the batch's first. Both run
+    inside a span of their own, as a consumer's batch does, so that any trace a handler
+    stores must come from the events, not from the caller."""
+    results: list[T] = []
+    for batched in (True, False):
+        database = make_database(f"{service}_{'batch' if batched else 'single'}")
+        migrate_service(service, database)
+        pool = await connect_pool(ServiceSettings(database_url=database))
+        try:
+            if before is not None:
+                await before(pool)
+            with tracer().start_as_current_span("a batch"):
+                if batched:
+                    async with unit_of_work(pool, f"/consenttrace/{service}") as uow:
+                        await batch_handler(events, uow)
+                else:
+                    for event in events:
+                        async with unit_of_work(pool, f"/consenttrace/{service}") as uow:
+                            await handler(event, uow)
+            results.append(await outcome(pool))
+        finally:
+            await pool.close()
+    return results[0], results[1]
 
 
 def role_keys(directory: Path) -> tuple[DevKeys, dict[str, str]]:

@@ -26,8 +26,7 @@ from services.deletion.service.handlers import on_model_flag, on_model_flags
 from services.runtime.db import connect_pool
 from services.runtime.messages import Event
 from services.runtime.settings import ServiceSettings
-from services.runtime.telemetry import tracer
-from services.runtime.testing import migrate_service
+from services.runtime.testing import batch_against_one_at_a_time, migrate_service
 from services.runtime.unit_of_work import unit_of_work
 
 pytestmark = pytest.mark.integration
@@ -101,26 +100,20 @@ async def test_a_batch_opens_the_cases_one_at_a_time_would(
         flag_event("already-flagged", 6, Severity.RETRAIN_REQUIRED),
         flag_event("tagger", 7, Severity.REVIEW),  # opens no case
     ]
-    results = []
-    for batched in (True, False):
-        database = make_database("deletion_flags_" + ("batch" if batched else "single"))
-        migrate_service("deletion", database)
-        pool = await connect_pool(ServiceSettings(database_url=database))
-        try:
-            async with unit_of_work(pool, SOURCE) as uow:
-                await on_model_flag(before, uow)
-            with tracer().start_as_current_span("the batch's own span"):
-                if batched:
-                    async with unit_of_work(pool, SOURCE) as uow:
-                        await on_model_flags(batch, uow)
-                else:
-                    for event in batch:
-                        async with unit_of_work(pool, SOURCE) as uow:
-                            await on_model_flag(event, uow)
-            results.append(await outcome(pool))
-        finally:
-            await pool.close()
-    batched_outcome, single_outcome = results
+
+    async def open_the_first(pool: asyncpg.Pool) -> None:
+        async with unit_of_work(pool, SOURCE) as uow:
+            await on_model_flag(before, uow)
+
+    batched_outcome, single_outcome = await batch_against_one_at_a_time(
+        make_database,
+        "deletion",
+        batch,
+        batch_handler=on_model_flags,
+        handler=on_model_flag,
+        outcome=outcome,
+        before=open_the_first,
+    )
     assert batched_outcome == single_outcome
     # And what both did is right: one case per model that must go, opened by its first flag.
     cases = {row[3]: row for row in batched_outcome["cases"]}

@@ -25,7 +25,7 @@ from services.runtime.db import connect_pool
 from services.runtime.messages import Event
 from services.runtime.settings import ServiceSettings
 from services.runtime.telemetry import tracer
-from services.runtime.testing import dataset_finding, migrate_service
+from services.runtime.testing import batch_against_one_at_a_time, dataset_finding, migrate_service
 from services.runtime.unit_of_work import unit_of_work
 
 pytestmark = pytest.mark.integration
@@ -103,23 +103,15 @@ async def test_a_batch_flags_and_publishes_what_one_at_a_time_does(
         finding(f1, "d1", active, Severity.REVIEW),  # raised again, another severity
         finding(f2, "d2", retracted, Severity.RETRAIN_REQUIRED),
     ]
-    results = []
-    for batched in (True, False):
-        database = make_database("lineage_batch" if batched else "lineage_single")
-        migrate_service("lineage", database)
-        pool = await connect_pool(ServiceSettings(database_url=database))
-        try:
-            await build(pool)
-            if batched:
-                async with unit_of_work(pool, SOURCE) as uow:
-                    await on_findings(events, uow)
-            else:
-                for event in events:
-                    async with unit_of_work(pool, SOURCE) as uow:
-                        await on_finding(event, uow)
-            results.append(await outcome(pool))
-        finally:
-            await pool.close()
+    results = await batch_against_one_at_a_time(
+        make_database,
+        "lineage",
+        events,
+        batch_handler=on_findings,
+        handler=on_finding,
+        outcome=outcome,
+        before=build,
+    )
     (batch_flags, batch_published), (single_flags, single_published) = results
     assert batch_flags == single_flags
     assert batch_published == single_published
