@@ -40,10 +40,11 @@ async def keep_session(conn: asyncpg.Connection) -> None:
     rollback of an open transaction.
 
     asyncpg's default sends ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
-    RESET ALL`` on every release: one more round trip per unit of work, a fifth of a single
-    consent request's. The services keep no session state on pooled connections: settings
-    are ``SET LOCAL``, advisory locks and cursors the transaction's, and the one ``LISTEN``
-    (``worker.py``) is undone before its connection is released."""
+    RESET ALL`` on every release: one more round trip per unit of work (~60 us of Python
+    and ~45 us of Postgres here). The services keep no session state on pooled connections:
+    settings are ``SET LOCAL``, advisory locks, cursors and temporary tables the
+    transaction's, and the one ``LISTEN`` (``worker.py``) is undone before its connection
+    is released."""
 
 
 async def connect_pool(settings: ServiceSettings) -> asyncpg.Pool:
