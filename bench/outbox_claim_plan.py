@@ -23,7 +23,7 @@ import asyncpg
 from _common import log, postgres_server_url
 
 from services.runtime import embedded
-from services.runtime.outbox import _CLAIM, _FRESH_PLAN
+from services.runtime.outbox import _CLAIM, _FRESH_PLAN, _MARK_PUBLISHED
 
 DDL = """
 CREATE TABLE outbox (
@@ -46,10 +46,7 @@ async def claim(conn: asyncpg.Connection, batch: int, *, fresh_plan: bool) -> tu
         if fresh_plan:
             await conn.execute(_FRESH_PLAN)
         rows = await conn.fetch(_CLAIM, batch)
-        await conn.execute(
-            "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
-            [r["id"] for r in rows],
-        )
+        await conn.execute(_MARK_PUBLISHED, [r["id"] for r in rows])
     return len(rows), time.perf_counter() - started
 
 

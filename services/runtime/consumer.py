@@ -131,22 +131,19 @@ class EventConsumer:
         self, broker: KafkaBroker, subscription: Subscription, *, in_schema: bool
     ) -> None:
         s = self._settings
+        poll_timeout_ms, fetch_max_wait_ms = (
+            (s.kafka_background_poll_timeout_ms, s.kafka_background_fetch_max_wait_ms)
+            if subscription.background
+            else (s.kafka_poll_timeout_ms, s.kafka_fetch_max_wait_ms)
+        )
 
         @broker.subscriber(
             # FastStream creates a missing topic at start: with its partitions, not one.
             KafkaTopic(subscription.topic.name, num_partitions=subscription.topic.partitions),
             batch=True,
             max_records=s.kafka_max_poll_records,
-            batch_timeout_ms=(
-                s.kafka_background_poll_timeout_ms
-                if subscription.background
-                else s.kafka_poll_timeout_ms
-            ),
-            fetch_max_wait_ms=(
-                s.kafka_background_fetch_max_wait_ms
-                if subscription.background
-                else s.kafka_fetch_max_wait_ms
-            ),
+            batch_timeout_ms=poll_timeout_ms,
+            fetch_max_wait_ms=fetch_max_wait_ms,
             group_id=s.consumer_group(subscription.topic.name),
             ack_policy=AckPolicy.MANUAL,
             auto_offset_reset="earliest",

@@ -135,6 +135,8 @@ claim's newest id (the claim itself, plus rows other relays hold), so its cost f
 batch, not the backlog: the first form compared every claimed row with every pending row
 (9.75M rows filtered per claim at a 20,000-row backlog)."""
 
+_MARK_PUBLISHED = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
+
 _WAIT_FOR_HOLDER = "SELECT 1 FROM outbox WHERE id = $1 FOR UPDATE"
 """Blocks until the relay holding this row has committed (or rolled back)."""
 
@@ -256,10 +258,7 @@ class OutboxRelay:
                 for row in rows
             ]
             await asyncio.gather(*futures)
-            await conn.execute(
-                "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
-                [row["id"] for row in rows],
-            )
+            await conn.execute(_MARK_PUBLISHED, [row["id"] for row in rows])
         for row in rows:
             metrics.OUTBOX_PUBLISHED.labels(row["topic"]).inc()
         return len(claimed), len(rows), holder

@@ -24,8 +24,7 @@ class ServiceSettings(BaseSettings):
 
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     """A libpq URL: ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DB``, or for a Unix socket
-    ``postgresql://USER@/DB?host=/var/run/postgresql``. On the machine Postgres runs on,
-    the socket costs less CPU per round trip than TCP loopback (see the README)."""
+    ``postgresql://USER@/DB?host=/var/run/postgresql``."""
     db_pool_min: int = Field(default=1, ge=0)
     db_pool_max: int = Field(default=10, ge=1)
 

@@ -14,7 +14,14 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import REGISTRY
 
 from services.runtime.db import connect_pool
-from services.runtime.outbox import _CLAIM, _FRESH_PLAN, OutboxMessage, OutboxRelay, enqueue
+from services.runtime.outbox import (
+    _CLAIM,
+    _FRESH_PLAN,
+    _MARK_PUBLISHED,
+    OutboxMessage,
+    OutboxRelay,
+    enqueue,
+)
 from services.runtime.settings import ServiceSettings
 from services.runtime.testing import collect, migrate_service
 from services.runtime.unit_of_work import unit_of_work
@@ -105,10 +112,7 @@ async def test_a_relay_held_up_by_another_relays_claim_goes_on_when_that_one_com
             )
             await relay.start()
             await asyncio.sleep(1.0)  # the relay has claimed rows 50-99 and found them held
-            await other.execute(
-                "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
-                [row["id"] for row in held],
-            )
+            await other.execute(_MARK_PUBLISHED, [row["id"] for row in held])
         records = await collect(
             kafka_bootstrap, topic, lambda r: True, expected=rows - 50, within=30
         )
@@ -150,10 +154,7 @@ async def test_a_claim_steps_over_rows_published_since_the_last_vacuum(
             async with conn.transaction():
                 await conn.execute(_FRESH_PLAN)
                 rows = await conn.fetch(_CLAIM, 500)
-                await conn.execute(
-                    "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
-                    [row["id"] for row in rows],
-                )
+                await conn.execute(_MARK_PUBLISHED, [row["id"] for row in rows])
         async with conn.transaction():
             await conn.execute(_FRESH_PLAN)
             plan = [r[0] for r in await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + _CLAIM, 500)]
