@@ -27,6 +27,7 @@ from services.registry.service.handlers import (
 )
 from services.registry.service.purge import on_deletion_task
 from services.registry.service.registration_events import on_registration
+from services.registry.service.upload_expiry import UPLOAD_EXPIRY_WORKER
 from services.runtime.consumer import Subscription
 from services.runtime.host import ServiceSpec, create_broker
 from services.runtime.settings import ServiceSettings
@@ -67,7 +68,7 @@ SPEC = ServiceSpec(
     routers=(router, eligibility_router, composition_router),
     access=ACCESS,
     publishes=(FINDINGS, TASK_RESULTS),
-    workers=(EVALUATION_WORKER,),
+    workers=(EVALUATION_WORKER, UPLOAD_EXPIRY_WORKER),
 )
 
 

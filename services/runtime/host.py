@@ -123,7 +123,7 @@ class ServiceRuntime:
         self._producer = await self._retry("kafka producer", self._start_producer)
         self._relay = OutboxRelay(self._pool, self._producer, s)
         await self._relay.start()
-        context = WorkerContext(self._pool, self.source)
+        context = WorkerContext(self._pool, self.source, s)
         for worker_spec in self.spec.workers:
             worker = BackgroundWorker(worker_spec, context, s)
             await worker.start()

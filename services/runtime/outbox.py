@@ -184,7 +184,7 @@ class OutboxRelay:
         self._last_backlog = 0.0
         self._worker = BackgroundWorker(
             WorkerSpec("outbox-relay", self._step, NOTIFY_CHANNEL),
-            WorkerContext(pool, source="outbox"),
+            WorkerContext(pool, "outbox", settings),
             settings,
         )
 

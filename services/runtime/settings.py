@@ -117,6 +117,11 @@ class ServiceSettings(BaseSettings):
     per version with its run (200,000 versions, 190,000 runs, 757,216 inputs and outputs:
     +806 MiB of RSS; each node keeps its answer JSON with all its edges written out)."""
 
+    upload_idle_timeout_s: float = Field(default=86_400, gt=0)
+    """Registry service: a chunked upload that received nothing for this long expires: its
+    staged rows are dropped and its dataset version's name is free again; a client coming
+    back gets 410 saying so. Uploads registered over Kafka never expire (``registry_0007``)."""
+
     lineage_url: str | None = None
     """Base URL of the lineage service's HTTP API (e.g. ``http://127.0.0.1:8003``), for the
     deletion service's reads: scoping (models downstream) and verification (model status).

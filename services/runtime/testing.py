@@ -279,7 +279,13 @@ def running_stack(
 class StartService(Protocol):
     """The ``start_service`` fixture: a service process on a fresh migrated database."""
 
-    def __call__(self, name: str, *, via: PostgresProxy | None = None) -> ServiceProcess: ...
+    def __call__(
+        self,
+        name: str,
+        *,
+        via: PostgresProxy | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> ServiceProcess: ...
 
 
 class StartStack(Protocol):

@@ -31,10 +31,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WorkerContext:
-    """What a step gets: the pool, the service's event source, the transient test."""
+    """What a step gets: the pool, the service's event source, its settings, the
+    transient test."""
 
     pool: asyncpg.Pool
     source: str
+    settings: ServiceSettings
     is_transient: Callable[[BaseException], bool] = is_transient
 
 

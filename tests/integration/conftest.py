@@ -60,7 +60,12 @@ def start_service(
     """
     started: list[ServiceProcess] = []
 
-    def start(name: str, *, via: PostgresProxy | None = None) -> ServiceProcess:
+    def start(
+        name: str,
+        *,
+        via: PostgresProxy | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> ServiceProcess:
         db = make_database(name)
         migrate_service(name, db)
         service_db = db
@@ -74,6 +79,7 @@ def start_service(
             tmp_path,
             idempotence=kafka_idempotence,
             direct_database_url=db,
+            extra_env=extra_env or {},
         )
         started.append(service.start())
         return service

@@ -1,7 +1,7 @@
 """Snapshot registration at scale, on the registry as a real process and a real Postgres:
 chunked uploads (re-sent chunks, bad lines, conflicts, duplicates), the one-shot NDJSON
-stream, atomic seals (a crash before commit leaves nothing sealed), the subject query, and
-the plan of that query at volume."""
+stream, atomic seals (a crash before commit leaves nothing sealed), the subject query, the
+plan of that query at volume, and idle uploads expiring."""
 
 from __future__ import annotations
 
@@ -18,11 +18,16 @@ import asyncpg
 import httpx
 import pytest
 
-from services.registry.adapters.snapshots import VERSIONS_OF_SUBJECT_SQL, SnapshotRepository
-from services.registry.domain.snapshots import RecordRegistration, record_row
-from services.registry.service.registration import PARSING_TURN_WAIT_S
+from services.registry.adapters.snapshots import (
+    VERSIONS_OF_SUBJECT_SQL,
+    SnapshotRepository,
+    staging_table_for,
+)
+from services.registry.domain.snapshots import DatasetVersionHeader, RecordRegistration, record_row
+from services.registry.service.registration import PARSING_TURN_WAIT_S, open_upload_with_id
 from services.runtime.db import Connection
 from services.runtime.testing import ServiceProcess, StartService, migrate_service
+from services.runtime.unit_of_work import unit_of_work
 
 pytestmark = pytest.mark.integration
 
@@ -746,3 +751,149 @@ def _plan_nodes(node: dict[str, Any]) -> Iterable[dict[str, Any]]:
     yield node
     for child in node.get("Plans", ()):
         yield from _plan_nodes(child)
+
+
+# --- idle uploads expire ---------------------------------------------------------------
+# The staged rows are dropped, the name is free again, a client coming back is told why
+# (410); an upload with a chunk in flight, one kept busy, and one over Kafka stay.
+
+IDLE_S = 1.5
+
+
+@pytest.fixture
+async def idle_registry(start_service: StartService) -> AsyncIterator[Registry]:
+    service = start_service("registry", extra_env={"UPLOAD_IDLE_TIMEOUT_S": str(IDLE_S)})
+    await wait_for_api(service)
+    db = await asyncpg.create_pool(service.admin_dsn, min_size=1, max_size=3)
+    try:
+        async with httpx.AsyncClient(base_url=service.url, timeout=60) as client:
+            yield Registry(service, client, db)
+    finally:
+        await db.close()
+
+
+async def open_idle_upload(registry: Registry, tag: str) -> dict[str, object]:
+    response = await registry.client.post(f"{API}/uploads", json=header(tag))
+    assert response.status_code == 201, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+async def staging_names(registry: Registry) -> set[str]:
+    rows = await registry.db.fetch(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'registry_staging'"
+    )
+    return {r["tablename"] for r in rows}
+
+
+def upload_tables(upload: dict[str, object]) -> set[str]:
+    """An upload's staging tables: its rows, and the keys of its registered records."""
+    table = staging_table_for(uuid.UUID(str(upload["upload_id"])))
+    return {table, f"{table}_pks"}
+
+
+async def until_gone(registry: Registry, upload_id: str, within: float) -> httpx.Response:
+    deadline = time.monotonic() + within
+    while True:
+        response = await registry.client.get(f"{API}/uploads/{upload_id}")
+        if response.status_code != 200 or time.monotonic() > deadline:
+            return response
+        await asyncio.sleep(0.1)
+
+
+async def test_an_idle_upload_expires_and_frees_its_name(idle_registry: Registry) -> None:
+    registry = idle_registry
+    idle = await open_idle_upload(registry, "idle")
+    busy = await open_idle_upload(registry, "busy")
+    never_sent = await open_idle_upload(registry, "empty")
+    assert (
+        await registry.put_chunk(
+            str(idle["upload_id"]), 0, ndjson(record("idle", i) for i in range(30))
+        )
+    ).status_code == 201
+    shown = (await registry.client.get(f"{API}/uploads/{idle['upload_id']}")).json()
+    expires_at = datetime.fromisoformat(shown["expires_at"])
+    received = datetime.fromisoformat(shown["chunks"][0]["received_at"])
+    assert timedelta(seconds=IDLE_S) <= expires_at - received < timedelta(seconds=IDLE_S + 1)
+    assert upload_tables(idle) | upload_tables(never_sent) <= await staging_names(registry)
+
+    # The busy upload gets a chunk more often than the timeout, for longer than it.
+    started = time.monotonic()
+    n = 0
+    while time.monotonic() - started < 3 * IDLE_S:
+        response = await registry.put_chunk(str(busy["upload_id"]), n, ndjson([record("busy", n)]))
+        assert response.status_code == 201, response.text
+        n += 1
+        await asyncio.sleep(IDLE_S / 4)
+
+    gone = await until_gone(registry, str(idle["upload_id"]), within=5 * IDLE_S)
+    assert gone.status_code == 410, gone.text
+    detail = gone.json()["detail"]
+    assert "expired" in detail and "1 staged chunk(s) (30 records)" in detail
+    assert header("idle")["dataset"]["name"] in detail
+    assert (await until_gone(registry, str(never_sent["upload_id"]), 5 * IDLE_S)).status_code == 410
+    # Every verb on it says so, the same way.
+    put = await registry.put_chunk(str(idle["upload_id"]), 1, ndjson([record("idle", 99)]))
+    seal = await registry.client.post(f"{API}/uploads/{idle['upload_id']}/seal")
+    delete = await registry.client.delete(f"{API}/uploads/{idle['upload_id']}")
+    assert [put.status_code, seal.status_code, delete.status_code] == [410, 410, 410]
+    assert put.json()["detail"] == detail
+    # Its staging tables (and those of the one never sent to) are dropped; the busy one's
+    # stay. (Other uploads may be here too: earlier tests' registrations over Kafka, which
+    # this registry consumed from the shared topic, and which never expire.)
+    staged = await staging_names(registry)
+    assert upload_tables(busy) <= staged
+    assert not (upload_tables(idle) | upload_tables(never_sent)) & staged
+    # The name is free: a new upload of the same version opens, and seals.
+    again = await open_idle_upload(registry, "idle")
+    assert (
+        await registry.put_chunk(
+            str(again["upload_id"]), 0, ndjson(record("idle", i) for i in range(5))
+        )
+    ).status_code == 201
+    sealed = await registry.client.post(f"{API}/uploads/{again['upload_id']}/seal")
+    assert sealed.status_code == 200, sealed.text
+    assert sealed.json()["record_count"] == 5
+    # The busy upload survived it all and seals with every chunk it was sent.
+    sealed = await registry.client.post(f"{API}/uploads/{busy['upload_id']}/seal")
+    assert sealed.status_code == 200, sealed.text
+    assert sealed.json()["record_count"] == n
+    assert (
+        await registry.client.get("/api/v1/dataset-version", params=version_query("busy"))
+    ).status_code == 200
+    metrics = (await registry.client.get("/metrics")).text
+    assert "consenttrace_registry_uploads_expired_total 2.0" in metrics
+    # An id that never existed is still a plain 404.
+    assert (await registry.client.get(f"{API}/uploads/{uuid.uuid4()}")).status_code == 404
+
+
+async def test_a_chunk_streaming_past_the_timeout_keeps_its_upload(idle_registry: Registry) -> None:
+    registry = idle_registry
+    upload = await open_idle_upload(registry, "slow")
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        for i in range(8):  # 8 times 0.4 s: over twice the timeout
+            yield ndjson([record("slow", i)])
+            await asyncio.sleep(0.4)
+
+    response = await registry.put_chunk(str(upload["upload_id"]), 0, slow_body())
+    assert response.status_code == 201, response.text
+    sealed = await registry.client.post(f"{API}/uploads/{upload['upload_id']}/seal")
+    assert sealed.status_code == 200, sealed.text
+    assert sealed.json()["record_count"] == 8
+
+
+async def test_an_upload_over_kafka_never_expires(idle_registry: Registry) -> None:
+    """Its batches may wait in the topic while the registry is behind: its idle time on
+    the registry's clock says nothing of the producer."""
+    registry = idle_registry
+    upload_id = uuid.uuid4()
+    head = DatasetVersionHeader.model_validate(header("kafka"))
+    async with unit_of_work(registry.db, "test") as uow:
+        await open_upload_with_id(uow, head, upload_id, now=datetime.now(UTC) - timedelta(days=2))
+    shown = await registry.client.get(f"{API}/uploads/{upload_id}")
+    assert shown.status_code == 200 and shown.json()["expires_at"] is None
+    # An HTTP upload opened after it expires in the meantime: the worker did look.
+    idle = await open_idle_upload(registry, "witness")
+    assert (await until_gone(registry, str(idle["upload_id"]), 5 * IDLE_S)).status_code == 410
+    assert (await registry.client.get(f"{API}/uploads/{upload_id}")).status_code == 200

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
@@ -142,15 +142,24 @@ class SnapshotRepository:
         )
 
     async def open_upload(
-        self, upload_id: UUID, dataset_version_id: int, table: str, opened_at: datetime
+        self,
+        upload_id: UUID,
+        dataset_version_id: int,
+        table: str,
+        opened_at: datetime,
+        *,
+        expires: bool = True,
     ) -> None:
+        """``expires``: whether the upload expires when idle (not one over Kafka, see
+        ``registry_0007``)."""
         await self._conn.execute(
             "INSERT INTO dataset_uploads (upload_id, dataset_version_id, staging_table,"
-            " opened_at) VALUES ($1, $2, $3, $4)",
+            " opened_at, expires) VALUES ($1, $2, $3, $4, $5)",
             upload_id,
             dataset_version_id,
             table,
             opened_at,
+            expires,
         )
 
     async def upload(
@@ -161,7 +170,10 @@ class SnapshotRepository:
         row = await self._conn.fetchrow(
             f"""
             SELECT u.upload_id, u.staging_table, u.opened_at, u.sealed_at AS upload_sealed_at,
-                   {_VERSION_COLUMNS}
+                   {_VERSION_COLUMNS},
+                   CASE WHEN u.expires THEN greatest(u.touched_at, (
+                       SELECT max(c.touched_at) FROM dataset_upload_chunks c
+                       WHERE c.upload_id = u.upload_id)) END AS idle_since
             FROM dataset_uploads u
             JOIN dataset_versions dv ON dv.dataset_version_id = u.dataset_version_id
             WHERE u.upload_id = $1
@@ -175,6 +187,56 @@ class SnapshotRepository:
         await self._conn.execute(
             "UPDATE dataset_uploads SET sealed_at = $2 WHERE upload_id = $1", upload_id, sealed_at
         )
+
+    async def lock_idle_upload(self, idle_for: timedelta) -> dict[str, Any] | None:
+        """An open upload that expires and saw nothing for ``idle_for`` (by the database's
+        clock, which wrote ``touched_at``: ``registry_0007``), locked; None when there is
+        none. One a chunk or the seal is working on holds its row and is skipped."""
+        row = await self._conn.fetchrow(
+            f"""
+            SELECT u.upload_id, u.staging_table, u.opened_at, {_VERSION_COLUMNS},
+                   greatest(u.touched_at, c.touched_at) AS touched_at,
+                   coalesce(c.chunks, 0) AS chunks, coalesce(c.records, 0) AS records
+            FROM dataset_uploads u
+            JOIN dataset_versions dv ON dv.dataset_version_id = u.dataset_version_id
+            CROSS JOIN LATERAL (
+                SELECT max(touched_at) AS touched_at, count(*) AS chunks,
+                       sum(records) AS records
+                FROM dataset_upload_chunks WHERE upload_id = u.upload_id
+            ) c
+            WHERE u.sealed_at IS NULL AND u.expires AND u.touched_at < now() - $1::interval
+              AND (c.touched_at IS NULL OR c.touched_at < now() - $1::interval)
+            ORDER BY u.touched_at
+            LIMIT 1
+            FOR UPDATE OF u SKIP LOCKED
+            """,
+            idle_for,
+        )
+        return dict(row) if row is not None else None
+
+    async def record_expiry(self, upload: dict[str, Any]) -> None:
+        await self._conn.execute(
+            """
+            INSERT INTO expired_uploads (upload_id, namespace, name, version, opened_at,
+                                         touched_at, expired_at, chunks, records)
+            VALUES ($1, $2, $3, $4, $5, $6, now(), $7, $8)
+            """,
+            upload["upload_id"],
+            upload["namespace"],
+            upload["name"],
+            upload["version"],
+            upload["opened_at"],
+            upload["touched_at"],
+            upload["chunks"],
+            upload["records"],
+        )
+
+    async def expiry(self, upload_id: UUID) -> dict[str, Any] | None:
+        """What is known of an upload that expired (None: it did not)."""
+        row = await self._conn.fetchrow(
+            "SELECT * FROM expired_uploads WHERE upload_id = $1", upload_id
+        )
+        return dict(row) if row is not None else None
 
     async def chunks(self, upload_id: UUID) -> list[dict[str, Any]]:
         rows = await self._conn.fetch(
@@ -196,7 +258,8 @@ class SnapshotRepository:
             INSERT INTO dataset_upload_chunks (upload_id, chunk, records, received_at)
             VALUES ($1, $2, 0, $3)
             ON CONFLICT (upload_id, chunk)
-                DO UPDATE SET received_at = EXCLUDED.received_at, registered = false
+                DO UPDATE SET received_at = EXCLUDED.received_at, registered = false,
+                              touched_at = clock_timestamp()
             RETURNING xmax <> 0
             """,
             upload_id,
@@ -211,8 +274,8 @@ class SnapshotRepository:
         """How many records chunk ``chunk`` holds, and whether ``register_chunk`` registered
         them (else the seal does)."""
         await self._conn.execute(
-            "UPDATE dataset_upload_chunks SET records = $3, registered = $4"
-            " WHERE upload_id = $1 AND chunk = $2",
+            "UPDATE dataset_upload_chunks SET records = $3, registered = $4,"
+            " touched_at = clock_timestamp() WHERE upload_id = $1 AND chunk = $2",
             upload_id,
             chunk,
             records,

@@ -15,7 +15,7 @@ discarded before answering, so a client still sending gets the answer, not a res
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -58,6 +58,7 @@ from services.registry.service.registration import (
     RegistrationError,
     SealedVersion,
     StagedRowsLost,
+    UploadExpired,
     UploadNotFound,
     UploadSealed,
     UploadStatus,
@@ -83,6 +84,7 @@ SUBJECT_SAMPLE = 20
 _STATUS: dict[type[RegistrationError], int] = {
     DatasetVersionExists: 409,
     UploadNotFound: 404,
+    UploadExpired: 410,
     UploadSealed: 409,
     RecordConflict: 409,
     StagedRowsLost: 409,
@@ -93,6 +95,11 @@ _STATUS: dict[type[RegistrationError], int] = {
 }
 
 _E404 = {"model": ErrorResponse, "description": "No such upload"}
+_E410 = {
+    "model": ErrorResponse,
+    "description": "The upload expired: nothing arrived for `UPLOAD_IDLE_TIMEOUT_S`, its staged"
+    " rows are dropped and its dataset version's name is free (open a new upload)",
+}
 _E409 = {
     "model": ErrorResponse,
     "description": "The version exists or is sealed already, or a record is already registered"
@@ -152,7 +159,7 @@ async def post_upload(header: DatasetVersionHeader, runtime: RuntimeDep) -> Any:
             state = await upload_status(uow, upload_id)
     except RegistrationError as exc:
         return _refusal(exc)
-    return _upload(state)
+    return _upload(state, runtime.settings.upload_idle_timeout_s)
 
 
 @router.put(
@@ -163,6 +170,7 @@ async def post_upload(header: DatasetVersionHeader, runtime: RuntimeDep) -> Any:
         201: {"description": "The chunk was staged"},
         404: _E404,
         409: _E409,
+        410: _E410,
         413: _E413,
         422: _E422,
     },
@@ -203,7 +211,7 @@ async def put_upload_chunk(
 @router.post(
     "/dataset-versions/uploads/{upload_id}/seal",
     response_model=DatasetVersionResponse,
-    responses={404: _E404, 409: _E409, 422: _E422},
+    responses={404: _E404, 409: _E409, 410: _E410, 422: _E422},
 )
 async def post_upload_seal(upload_id: UUID, runtime: RuntimeDep) -> Any:
     """Seal the upload as its dataset version, in one transaction: the staged records are
@@ -223,7 +231,7 @@ async def post_upload_seal(upload_id: UUID, runtime: RuntimeDep) -> Any:
 @router.get(
     "/dataset-versions/uploads/{upload_id}",
     response_model=UploadResponse,
-    responses={404: _E404},
+    responses={404: _E404, 410: _E410},
 )
 async def get_upload(upload_id: UUID, runtime: RuntimeDep) -> Any:
     """An upload: its dataset version, state and the chunks staged so far."""
@@ -232,13 +240,13 @@ async def get_upload(upload_id: UUID, runtime: RuntimeDep) -> Any:
             state = await upload_status(uow, upload_id)
     except RegistrationError as exc:
         return _refusal(exc)
-    return _upload(state)
+    return _upload(state, runtime.settings.upload_idle_timeout_s)
 
 
 @router.delete(
     "/dataset-versions/uploads/{upload_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={404: _E404, 409: _E409},
+    responses={404: _E404, 409: _E409, 410: _E410},
 )
 async def delete_upload(upload_id: UUID, runtime: RuntimeDep) -> Response:
     """Abandon an open upload: its staged rows go and its name and version are free again."""
@@ -441,7 +449,8 @@ def _version(sealed: SealedVersion) -> DatasetVersionResponse:
     )
 
 
-def _upload(state: UploadStatus) -> UploadResponse:
+def _upload(state: UploadStatus, idle_timeout_s: float) -> UploadResponse:
+    expires = state.idle_since is not None and state.sealed_at is None
     return UploadResponse(
         upload_id=state.upload_id,
         state="sealed" if state.sealed_at else "open",
@@ -453,4 +462,9 @@ def _upload(state: UploadStatus) -> UploadResponse:
         sealed_at=state.sealed_at,
         records=state.records,
         chunks=[ChunkInfo(**c) for c in state.chunks],
+        expires_at=(
+            state.idle_since + timedelta(seconds=idle_timeout_s)
+            if expires and state.idle_since is not None
+            else None
+        ),
     )

@@ -68,6 +68,12 @@ class UploadResponse(BaseModel):
     sealed_at: datetime | None
     records: int = Field(description="Records staged, over every chunk")
     chunks: list[ChunkInfo]
+    expires_at: datetime | None = Field(
+        default=None,
+        description="An open upload expires at this time unless a chunk arrives first"
+        " (`UPLOAD_IDLE_TIMEOUT_S` after the last one; its staged rows are then dropped and"
+        " its name freed). None once sealed, and for a registration over Kafka.",
+    )
 
 
 class ChunkReceiptResponse(BaseModel):

@@ -24,7 +24,7 @@ import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
@@ -57,10 +57,12 @@ __all__ = [
     "RegistrationError",
     "SealedVersion",
     "StagedRowsLost",
+    "UploadExpired",
     "UploadNotFound",
     "UploadSealed",
     "UploadStatus",
     "abandon_upload",
+    "expire_idle_upload",
     "open_upload",
     "put_chunk",
     "register_dataset_version",
@@ -96,6 +98,11 @@ class UploadNotFound(RegistrationError):
 
 class UploadSealed(RegistrationError):
     pass
+
+
+class UploadExpired(RegistrationError):
+    """The upload stayed idle longer than ``UPLOAD_IDLE_TIMEOUT_S``: its staged rows are
+    gone and its name is free (``expire_idle_upload``)."""
 
 
 class RecordConflict(RegistrationError):
@@ -153,6 +160,9 @@ class UploadStatus:
     opened_at: datetime
     sealed_at: datetime | None
     chunks: list[dict[str, Any]] = field(default_factory=list)
+    idle_since: datetime | None = None
+    """The registry's clock at the last chunk (or the opening); None for an upload that
+    never expires (over Kafka)."""
 
     @property
     def records(self) -> int:
@@ -277,11 +287,41 @@ async def abandon_upload(uow: UnitOfWork, upload_id: UUID) -> None:
     await repo.delete_unsealed_version(upload["dataset_version_id"])
 
 
+async def expire_idle_upload(uow: UnitOfWork, idle_for: timedelta) -> dict[str, Any] | None:
+    """Abandon one upload that received nothing for ``idle_for`` (none over Kafka, see
+    ``registry_0007``), keeping a note of it for the client that comes back; returns the
+    upload, or None when none is idle."""
+    repo = SnapshotRepository(uow.connection)
+    upload = await repo.lock_idle_upload(idle_for)
+    if upload is None:
+        return None
+    await repo.record_expiry(upload)
+    await repo.drop_staging(upload["staging_table"])
+    await repo.delete_unsealed_version(upload["dataset_version_id"])
+    return upload
+
+
+async def _not_found(repo: SnapshotRepository, upload_id: UUID) -> RegistrationError:
+    """No such upload, or (with the reason) one that expired."""
+    expiry = await repo.expiry(upload_id)
+    if expiry is None:
+        return UploadNotFound(f"no upload {upload_id}")
+    dataset = DatasetRef(
+        namespace=expiry["namespace"], name=expiry["name"], version=expiry["version"]
+    )
+    return UploadExpired(
+        f"upload {upload_id} expired at {expiry['expired_at'].isoformat()}: nothing arrived"
+        f" after {expiry['touched_at'].isoformat()}, so its {expiry['chunks']} staged"
+        f" chunk(s) ({expiry['records']} records) were dropped and {dataset.key} is free"
+        " again; open a new upload"
+    )
+
+
 async def upload_status(uow: UnitOfWork, upload_id: UUID) -> UploadStatus:
     repo = SnapshotRepository(uow.connection)
     upload = await repo.upload(upload_id)
     if upload is None:
-        raise UploadNotFound(f"no upload {upload_id}")
+        raise await _not_found(repo, upload_id)
     header = _header_of(upload)
     return UploadStatus(
         upload_id=upload_id,
@@ -292,6 +332,7 @@ async def upload_status(uow: UnitOfWork, upload_id: UUID) -> UploadStatus:
         opened_at=upload["opened_at"],
         sealed_at=upload["upload_sealed_at"],
         chunks=await repo.chunks(upload_id),
+        idle_since=upload["idle_since"],
     )
 
 
@@ -442,7 +483,7 @@ async def _open_upload(
 ) -> dict[str, Any]:
     upload = await repo.upload(upload_id, lock=lock)
     if upload is None:
-        raise UploadNotFound(f"no upload {upload_id}")
+        raise await _not_found(repo, upload_id)
     if upload["upload_sealed_at"] is not None:
         raise UploadSealed(
             f"upload {upload_id} was sealed at {upload['upload_sealed_at'].isoformat()};"
@@ -571,7 +612,7 @@ async def open_upload_with_id(
     version_id = await _create_version(repo, header)
     table = staging_table_for(upload_id)
     await repo.create_staging(table)
-    await repo.open_upload(upload_id, version_id, table, now)
+    await repo.open_upload(upload_id, version_id, table, now, expires=False)
     return upload_id
 
 

@@ -59,10 +59,9 @@ async def test_a_detached_listener_is_replaced_without_a_failed_round(
         rounds.append(1)
         return False
 
-    context = WorkerContext(pool, "/test")  # type: ignore[arg-type]
-    worker = BackgroundWorker(
-        WorkerSpec("w", step, channel="work"), context, ServiceSettings(outbox_poll_interval_s=60)
-    )
+    settings = ServiceSettings(outbox_poll_interval_s=60)
+    context = WorkerContext(pool, "/test", settings)  # type: ignore[arg-type]
+    worker = BackgroundWorker(WorkerSpec("w", step, channel="work"), context, settings)
     dead: Any = Listener(detached=True)
     worker._listener = dead  # what a Postgres restart leaves behind
     with caplog.at_level(logging.WARNING, logger="services.runtime.worker"):
