@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -155,9 +156,11 @@ async def wait_for_api(service: ServiceProcess, within: float = 30) -> None:
             await asyncio.sleep(0.1)
 
 
-@pytest.fixture
-async def registry(start_service: StartService) -> AsyncIterator[Registry]:
-    service = start_service("registry")
+@asynccontextmanager
+async def running_registry(
+    start_service: StartService, extra_env: dict[str, str] | None = None
+) -> AsyncIterator[Registry]:
+    service = start_service("registry", extra_env=extra_env)
     await wait_for_api(service)
     db = await asyncpg.create_pool(service.admin_dsn, min_size=1, max_size=3)
     try:
@@ -165,6 +168,12 @@ async def registry(start_service: StartService) -> AsyncIterator[Registry]:
             yield Registry(service, client, db)
     finally:
         await db.close()
+
+
+@pytest.fixture
+async def registry(start_service: StartService) -> AsyncIterator[Registry]:
+    async with running_registry(start_service) as running:
+        yield running
 
 
 async def test_chunked_upload_resend_seal_and_query(registry: Registry) -> None:
@@ -762,14 +771,8 @@ IDLE_S = 1.5
 
 @pytest.fixture
 async def idle_registry(start_service: StartService) -> AsyncIterator[Registry]:
-    service = start_service("registry", extra_env={"UPLOAD_IDLE_TIMEOUT_S": str(IDLE_S)})
-    await wait_for_api(service)
-    db = await asyncpg.create_pool(service.admin_dsn, min_size=1, max_size=3)
-    try:
-        async with httpx.AsyncClient(base_url=service.url, timeout=60) as client:
-            yield Registry(service, client, db)
-    finally:
-        await db.close()
+    async with running_registry(start_service, {"UPLOAD_IDLE_TIMEOUT_S": str(IDLE_S)}) as running:
+        yield running
 
 
 async def open_idle_upload(registry: Registry, tag: str) -> dict[str, object]:
