@@ -264,14 +264,28 @@ def judge(
     verdicts: dict[tuple[object, ...], _Verdict] = {}
     ordered: dict[str, tuple[ConsentEvent, ...]] = {}
     causes: dict[tuple[object, ...], FindingCause] = {}
+    # A subject's uses share their history, a version's uses their time of use and
+    # purpose: shapes and readings are worked out once per (subject, time of use) and
+    # (purpose, time of use), and a shape is known by a number (hashing the tuple of
+    # tuples for every lookup cost more than the lookup).
+    shapes: dict[tuple[str, datetime], int] = {}
+    shape_numbers: dict[tuple[_EventShape, ...], int] = {}
+    readings: dict[tuple[str, datetime], list[PolicyDocument]] = {}
     for use in uses:
         history = ordered.get(use.subject_id)
         if history is None:
             history = ordered[use.subject_id] = tuple(
                 sorted(histories.get(use.subject_id, ()), key=_event_order)
             )
-        shape = _shape(history, use.used_at)
-        for policy in book.readings_for(use):
+        shape = shapes.get((use.subject_id, use.used_at))
+        if shape is None:
+            shape = shapes[(use.subject_id, use.used_at)] = shape_numbers.setdefault(
+                _shape(history, use.used_at), len(shape_numbers)
+            )
+        policies = readings.get((use.purpose, use.used_at))
+        if policies is None:
+            policies = readings[(use.purpose, use.used_at)] = book.readings_for(use)
+        for policy in policies:
             key = (
                 policy.policy_id,
                 policy.version,
@@ -284,6 +298,8 @@ def judge(
             verdict = verdicts.get(key)
             if verdict is None:
                 verdict = verdicts[key] = _verdict(use, history, use.used_at, policy)
+            if verdict.improper is None and not verdict.withdrawals:
+                continue  # eligible, and nothing since reaches it: no contribution
             contributions.extend(_bind(verdict, use, history, policy, book, causes))
     return contributions
 
