@@ -450,7 +450,6 @@ def _version(sealed: SealedVersion) -> DatasetVersionResponse:
 
 
 def _upload(state: UploadStatus, idle_timeout_s: float) -> UploadResponse:
-    expires = state.idle_since is not None and state.sealed_at is None
     return UploadResponse(
         upload_id=state.upload_id,
         state="sealed" if state.sealed_at else "open",
@@ -464,7 +463,7 @@ def _upload(state: UploadStatus, idle_timeout_s: float) -> UploadResponse:
         chunks=[ChunkInfo(**c) for c in state.chunks],
         expires_at=(
             state.idle_since + timedelta(seconds=idle_timeout_s)
-            if expires and state.idle_since is not None
+            if state.idle_since is not None and state.sealed_at is None
             else None
         ),
     )

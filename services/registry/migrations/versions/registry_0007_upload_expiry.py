@@ -6,7 +6,8 @@
   the latest of them. Not ``opened_at`` or a chunk's
   ``received_at``: for a registration over Kafka those are the log's time, which a replay
   puts in the past. (On the chunk rows, not the upload row: chunks in flight together
-  hold the upload row shared, and one writing it would wait for the others.)
+  hold the upload row shared, and one writing it would wait for the others.) Uploads
+  open at the upgrade count as touched then: they expire a timeout after it, not at once.
 - ``dataset_uploads.expires``: false for registrations over Kafka. Their messages wait in
   the topic while the registry is behind or down, so the registry's idle time says nothing
   of the producer; an expiry there could drop an upload whose next batch is already
