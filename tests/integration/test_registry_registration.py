@@ -866,6 +866,20 @@ async def test_an_idle_upload_expires_and_frees_its_name(idle_registry: Registry
     ).status_code == 200
     metrics = (await registry.client.get("/metrics")).text
     assert "consenttrace_registry_uploads_expired_total 2.0" in metrics
+    # A month on, the note is forgotten: a plain 404 (as for an id that never existed).
+    await registry.db.execute(
+        "UPDATE expired_uploads SET expired_at = expired_at - interval '31 days'"
+        " WHERE upload_id = $1",
+        uuid.UUID(str(never_sent["upload_id"])),
+    )
+    deadline = time.monotonic() + 5 * IDLE_S
+    while True:
+        forgotten = await registry.client.get(f"{API}/uploads/{never_sent['upload_id']}")
+        if forgotten.status_code != 410 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert forgotten.status_code == 404, forgotten.text
+    assert (await registry.client.get(f"{API}/uploads/{idle['upload_id']}")).status_code == 410
     # An id that never existed is still a plain 404.
     assert (await registry.client.get(f"{API}/uploads/{uuid.uuid4()}")).status_code == 404
 

@@ -231,6 +231,13 @@ class SnapshotRepository:
             upload["records"],
         )
 
+    async def forget_expiries(self, older_than: timedelta) -> int:
+        """Drop the notes of uploads that expired longer ago than ``older_than``."""
+        status = await self._conn.execute(
+            "DELETE FROM expired_uploads WHERE expired_at < now() - $1::interval", older_than
+        )
+        return int(status.rsplit(" ", 1)[1])
+
     async def expiry(self, upload_id: UUID) -> dict[str, Any] | None:
         """What is known of an upload that expired (None: it did not)."""
         row = await self._conn.fetchrow(

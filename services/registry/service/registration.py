@@ -63,6 +63,7 @@ __all__ = [
     "UploadStatus",
     "abandon_upload",
     "expire_idle_upload",
+    "forget_old_expiries",
     "open_upload",
     "put_chunk",
     "register_dataset_version",
@@ -299,6 +300,14 @@ async def expire_idle_upload(uow: UnitOfWork, idle_for: timedelta) -> dict[str, 
     await repo.drop_staging(upload["staging_table"])
     await repo.delete_unsealed_version(upload["dataset_version_id"])
     return upload
+
+
+EXPIRY_NOTE_RETENTION = timedelta(days=30)
+"""How long a client coming back to an expired upload is told so (410); a plain 404 after."""
+
+
+async def forget_old_expiries(uow: UnitOfWork) -> int:
+    return await SnapshotRepository(uow.connection).forget_expiries(EXPIRY_NOTE_RETENTION)
 
 
 async def _not_found(repo: SnapshotRepository, upload_id: UUID) -> RegistrationError:

@@ -5,7 +5,8 @@ The registry's worker looks for an idle upload at most every ``min(60 s, timeout
 and abandons every one it finds, each in its own transaction (``expire_idle_upload``).
 Any number of replicas may run it: the upload row is claimed with ``SKIP LOCKED``, and an
 upload a chunk or the seal is working on holds that row, so it is never taken from under
-them.
+them. When it finds none, it forgets the notes of uploads that expired more than 30 days
+ago (``EXPIRY_NOTE_RETENTION``): a client that comes back later gets 404, not 410.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datetime import timedelta
 
 from prometheus_client import Counter
 
-from services.registry.service.registration import expire_idle_upload
+from services.registry.service.registration import expire_idle_upload, forget_old_expiries
 from services.runtime.unit_of_work import unit_of_work
 from services.runtime.worker import WorkerContext, WorkerSpec
 
@@ -42,6 +43,8 @@ async def expire_next_upload(ctx: WorkerContext) -> bool:
     timeout = ctx.settings.upload_idle_timeout_s
     async with unit_of_work(ctx.pool, ctx.source) as uow:
         expired = await expire_idle_upload(uow, timedelta(seconds=timeout))
+        if expired is None:
+            await forget_old_expiries(uow)
     if expired is None:
         _next_check = time.monotonic() + min(MAX_CHECK_INTERVAL_S, timeout / 4)
         return False
